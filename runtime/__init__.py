@@ -1,0 +1,25 @@
+"""dfa runtime: torch-free audio deepfake detection with onnxruntime.
+
+Importing this package is cheap on purpose (edge start-up time): the heavy modules load
+only when their names are first used.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["Detector", "FeatureConfig", "ModelMetadata", "FileResult", "__version__"]
+
+
+def __getattr__(name):
+    if name in ("Detector", "FileResult"):
+        from runtime import detector
+
+        return getattr(detector, name)
+    if name == "FeatureConfig":
+        from runtime.features import FeatureConfig
+
+        return FeatureConfig
+    if name == "ModelMetadata":
+        from runtime.metadata import ModelMetadata
+
+        return ModelMetadata
+    raise AttributeError(f"module 'runtime' has no attribute {name!r}")

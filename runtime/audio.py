@@ -1,0 +1,205 @@
+"""Decode an audio file into mono float32 blocks at the model's sample rate.
+
+Files are read block by block and resampled with a streaming resampler, so a one-hour
+recording never sits in memory whole. soxr's stream gives exactly the samples of a
+one-shot `soxr.resample` (what librosa.load uses), so block size never changes features.
+
+Everything that makes a file unusable is raised as AudioError with a one-line reason that
+says what to do; callers add the file name.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+AUDIO_EXTENSIONS = frozenset(
+    {
+        ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac",
+        ".aif", ".aiff", ".aifc", ".au", ".caf", ".w64", ".rf64", ".wma", ".webm",
+    }
+)
+
+# Seconds of source audio decoded at a time: large enough that per-block overhead is
+# negligible, small enough that a 192 kHz 6-channel block stays around 50 MB.
+BLOCK_SECONDS = 10.0
+
+# libsndfile's MP3 and Vorbis frame counts come from headers and can be estimates; a file
+# is called truncated only when it ends this much short of what its header declares.
+_TRUNCATION_TOLERANCE = 0.02
+
+
+class AudioError(Exception):
+    """A file that cannot be judged. The message is one line: the reason and the remedy."""
+
+
+def is_audio_path(path: Path) -> bool:
+    return path.suffix.lower() in AUDIO_EXTENSIONS
+
+
+def decode_blocks(path: str | os.PathLike, sample_rate: int,
+                  block_seconds: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
+    """Yield the file as mono float32 blocks at `sample_rate`.
+
+    Channels are averaged (as librosa.to_mono does); resampling is soxr "HQ" (librosa's
+    default). Raises AudioError for missing, empty, undecodable, truncated or corrupt files
+    and for NaN/Inf samples, possibly after some blocks have been yielded.
+    """
+    path = Path(path)
+    _check_file(path)
+    _check_wav_header(path)
+    source = _open_soundfile(path)
+    if source is None:
+        source = _open_audioread(path)
+    rate, channels, declared, blocks = source
+    if rate <= 0 or channels <= 0:
+        raise AudioError(f"invalid header (sample rate {rate}, {channels} channels)")
+    block_frames = max(1, int(rate * block_seconds))
+    resampler = None
+    if rate != sample_rate:
+        import soxr
+
+        resampler = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ")
+    read = 0
+    for block in blocks(block_frames):
+        if block.size == 0:
+            continue
+        if not np.isfinite(block).all():
+            bad = int(np.argmax(~np.isfinite(block).all(axis=1)))
+            raise AudioError(
+                f"NaN or infinite sample at {(read + bad) / rate:.2f} s; the file is corrupt, "
+                "re-export it"
+            )
+        read += block.shape[0]
+        mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+        mono = np.ascontiguousarray(mono, dtype=np.float32)
+        if resampler is not None:
+            mono = resampler.resample_chunk(mono, last=False)
+        if mono.size:
+            yield mono
+    if declared and read < declared * (1 - _TRUNCATION_TOLERANCE):
+        raise AudioError(
+            f"truncated: the header declares {declared / rate:.2f} s but only "
+            f"{read / rate:.2f} s decode; re-export or re-download the file"
+        )
+    if resampler is not None:
+        tail = resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+        if tail.size:
+            yield tail
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise AudioError("no such file; check the path")
+    if path.is_dir():
+        raise AudioError("is a directory, not an audio file")
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise AudioError(f"cannot read: {e.strerror}") from e
+    if size == 0:
+        raise AudioError("empty file (0 bytes); re-export or re-download it")
+    if not os.access(path, os.R_OK):
+        raise AudioError("permission denied; make the file readable")
+
+
+def _check_wav_header(path: Path) -> None:
+    """Catch WAVs cut short: libsndfile silently shortens them to the bytes present."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return
+            size = path.stat().st_size
+            pos = 12
+            while pos + 8 <= size:
+                f.seek(pos)
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return
+                cid, clen = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if cid == b"data":
+                    available = size - pos - 8
+                    # 0 and 0xFFFFFFFF mean "unknown length" (streamed WAVs): nothing to check.
+                    if 0 < clen < 0xFFFFFFFF and available < clen:
+                        raise AudioError(
+                            f"truncated: the header declares {clen} bytes of audio but only "
+                            f"{available} are present; re-export or re-download the file"
+                        )
+                    return
+                pos += 8 + clen + (clen & 1)
+    except OSError as e:
+        raise AudioError(f"cannot read: {e.strerror}") from e
+
+
+def _open_soundfile(path: Path):
+    import soundfile as sf
+
+    try:
+        f = sf.SoundFile(str(path))
+    except sf.LibsndfileError:
+        return None  # not a format libsndfile knows: try audioread/ffmpeg
+    except Exception as e:  # noqa: BLE001 - soundfile raises assorted types for bad headers
+        raise AudioError(f"not decodable audio ({_one_line(e)})") from e
+
+    def blocks(n: int) -> Iterator[np.ndarray]:
+        with f:
+            while True:
+                try:
+                    block = f.read(n, dtype="float32", always_2d=True)
+                except Exception as e:  # noqa: BLE001
+                    raise AudioError(
+                        f"corrupt audio ({_one_line(e)}); re-export or re-download the file"
+                    ) from e
+                if block.shape[0] == 0:
+                    return
+                yield block
+
+    declared = f.frames if f.seekable() and 0 < f.frames < 2**62 else 0
+    return f.samplerate, f.channels, declared, blocks
+
+
+def _open_audioread(path: Path):
+    try:
+        import audioread
+    except ImportError as e:
+        raise AudioError(
+            "not decodable audio (format not recognised); convert it to wav or flac"
+        ) from e
+    try:
+        f = audioread.audio_open(str(path))
+    except Exception as e:  # noqa: BLE001 - NoBackendError, DecodeError, OSError...
+        raise AudioError(
+            "not decodable audio (format not recognised); convert it to wav or flac"
+        ) from e
+
+    def blocks(n: int) -> Iterator[np.ndarray]:
+        with f:
+            channels = f.channels
+            pending: list[np.ndarray] = []
+            held = 0
+            try:
+                for buf in f:
+                    frame = np.frombuffer(buf, dtype="<i2").reshape(-1, channels)
+                    pending.append(frame.astype(np.float32) / 32768.0)
+                    held += frame.shape[0]
+                    if held >= n:
+                        yield np.concatenate(pending)
+                        pending, held = [], 0
+            except Exception as e:  # noqa: BLE001
+                raise AudioError(
+                    f"corrupt audio ({_one_line(e)}); re-export or re-download the file"
+                ) from e
+            if pending:
+                yield np.concatenate(pending)
+
+    return f.samplerate, f.channels, 0, blocks
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:200]

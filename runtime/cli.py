@@ -1,0 +1,223 @@
+"""dfa-detect: score audio files with a dfa ONNX model (no torch needed)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import traceback
+from collections.abc import Iterable, Iterator
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from runtime import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 every input was scored; 1 at least one input failed (the others are "
+    "still scored and printed); 2 usage error or unusable model/device (nothing scored)."
+)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dfa {__version__}")
+        raise typer.Exit()
+
+
+def fail(prog: str, message: str, code: int = EXIT_USAGE, debug: bool = False) -> typer.Exit:
+    if debug:
+        traceback.print_exc()
+    typer.echo(f"{prog}: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def expand_inputs(paths: Iterable[Path]) -> Iterator[tuple[str, str | None]]:
+    """(path, error) for each audio file named or found under a named directory, in order.
+
+    A named file is taken whatever its extension (the user chose it); directories are
+    searched recursively for audio extensions, sorted so output order is reproducible.
+    """
+    from runtime.audio import AUDIO_EXTENSIONS, is_audio_path
+
+    for p in paths:
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and is_audio_path(f))
+            if not found:
+                exts = " ".join(sorted(AUDIO_EXTENSIONS))
+                yield str(p), f"no audio files under this directory (looked for {exts})"
+            for f in found:
+                yield str(f), None
+        else:
+            yield str(p), None
+
+
+class Progress:
+    """A one-line counter on stderr; silent unless enabled."""
+
+    def __init__(self, total: int | None, enabled: bool):
+        self.total, self.enabled, self.done = total, enabled, 0
+
+    def step(self, path: str) -> None:
+        if not self.enabled:
+            return
+        self.done += 1
+        of = f"/{self.total}" if self.total else ""
+        name = path if len(path) < 50 else "..." + path[-47:]
+        sys.stderr.write(f"\r\033[Kscored {self.done}{of} files  {name}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.done:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+class Writer:
+    """Writes FileResults to stdout as they arrive, in the chosen format."""
+
+    TABLE_HEAD = f"{'score':>7}  {'label':<9}  {'duration':>9}  {'windows':>7}  path"
+
+    def __init__(self, fmt: Format, segments: bool, out=None):
+        self.fmt, self.segments = fmt, segments
+        self.out = out or sys.stdout
+        self.started = False
+        if fmt is Format.csv:
+            self.csv = csv.writer(self.out, lineterminator="\n")
+
+    def write(self, r) -> None:
+        getattr(self, f"_{self.fmt.value}")(r)
+        self.out.flush()
+
+    def _table(self, r) -> None:
+        if not self.started:
+            print(self.TABLE_HEAD, file=self.out)
+            self.started = True
+        if not r.ok:
+            print(f"{'-':>7}  {'ERROR':<9}  {'-':>9}  {'-':>7}  {r.path}: {r.error}", file=self.out)
+            return
+        print(f"{r.score:7.4f}  {r.label:<9}  {r.duration_s:8.2f}s  {r.windows:7d}  {r.path}",
+              file=self.out)
+        if self.segments:
+            for s in r.segments:
+                print(f"{s.score:7.4f}  {'':<9}  {'':>9}  {'':>7}    "
+                      f"{s.start_s:.2f}-{s.end_s:.2f}s", file=self.out)
+
+    def _json(self, r) -> None:
+        print(json.dumps(r.to_dict(segments=self.segments)), file=self.out)
+
+    def _csv(self, r) -> None:
+        cols = ["path", "score", "label", "duration_s", "windows", "error"]
+        if not self.started:
+            self.csv.writerow(cols + (["start_s", "end_s", "window_score"] if self.segments
+                                      else []))
+            self.started = True
+        d = r.to_dict()
+        row = ["" if d[c] is None else d[c] for c in cols]
+        if not self.segments:
+            self.csv.writerow(row)
+        elif not r.segments:
+            self.csv.writerow(row + ["", "", ""])
+        else:  # one row per window, the file's columns repeated (tidy data)
+            for s in r.segments:
+                self.csv.writerow(row + [round(s.start_s, 3), round(s.end_s, 3),
+                                         round(s.score, 6)])
+
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command(
+    help="Score audio files: P(spoof) per file (0 = bona fide speech, 1 = AI-generated), "
+    "and the label at the model's calibrated threshold. PATHS are files or directories "
+    "(searched recursively for audio files). Results go to stdout, progress and errors "
+    "to stderr.",
+    epilog=EXIT_CODES_HELP,
+)
+def detect(
+    paths: list[Path] = typer.Argument(..., help="Audio files or directories.",
+                                       show_default=False),
+    model: Path = typer.Option(Path("model.onnx"), "--model", "-m", envvar="DFA_MODEL",
+                               help="dfa ONNX model (default: $DFA_MODEL, else ./model.onnx)."),
+    device: Device = typer.Option(Device.auto, help="cpu, cuda (fails plainly if onnxruntime "
+                                  "cannot run on CUDA) or auto (CUDA when it works)."),
+    threads: int | None = typer.Option(None, min=1, help="onnxruntime intra-op threads "
+                                       "(default: onnxruntime's choice, one per core)."),
+    threshold: float | None = typer.Option(None, min=0.0, max=1.0, help="Override the "
+                                           "model's calibrated decision threshold."),
+    batch_size: int = typer.Option(16, min=1, help="Windows per inference batch "
+                                   "(windows of consecutive files share batches)."),
+    fmt: Format = typer.Option(Format.table, "--format", "-f", help="table, json (one JSON "
+                               "object per line and file) or csv."),
+    segments: bool = typer.Option(False, "--segments", help="Also print each window's "
+                                  "start, end and score."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress on "
+                                         "stderr (default: when stderr is a terminal and there "
+                                         "are several files)."),
+    debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    from runtime.detector import Detector, DeviceError, FileResult, ModelError
+
+    try:
+        detector = Detector(model, device=device.value, threads=threads,
+                            batch_size=batch_size, threshold=threshold)
+    except (ModelError, DeviceError) as e:
+        raise fail("dfa-detect", str(e), debug=debug) from None
+    for note in detector.notes:
+        typer.echo(f"dfa-detect: note: {note}", err=True)
+
+    inputs = list(expand_inputs(paths))
+    show = progress if progress is not None else (sys.stderr.isatty() and len(inputs) > 1)
+    bar = Progress(len(inputs), show)
+    writer = Writer(fmt, segments)
+    failed = 0
+
+    def results() -> Iterator:
+        good = [p for p, err in inputs if err is None]
+        scored = detector.score(good)
+        for p, err in inputs:
+            yield FileResult(p, error=err) if err else next(scored)
+
+    for r in results():
+        bar.step(r.path)
+        writer.write(r)
+        if not r.ok:
+            failed += 1
+            if debug and r.traceback:
+                sys.stderr.write(r.traceback)
+    bar.close()
+    if failed:
+        typer.echo(f"dfa-detect: {failed} of {len(inputs)} inputs failed", err=True)
+        raise typer.Exit(EXIT_FAILED)
+
+
+def main() -> None:
+    # A reader that stops early (dfa-detect ... | head) should not cause a traceback.
+    try:
+        app()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(EXIT_FAILED)
+
+
+if __name__ == "__main__":
+    main()

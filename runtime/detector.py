@@ -1,0 +1,259 @@
+"""Detector: one onnxruntime session, windows batched across files, one result per file."""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from runtime.audio import AudioError
+from runtime.features import iter_windows, window_features
+from runtime.metadata import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    MetadataError,
+    ModelMetadata,
+    aggregate,
+    from_custom_metadata,
+)
+
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_BATCH_SIZE = 16
+
+
+class ModelError(Exception):
+    """The model file cannot be used. One line naming the file and the remedy."""
+
+
+class DeviceError(Exception):
+    """The requested device cannot be used. One line saying why and what to do."""
+
+
+@dataclass
+class Segment:
+    start_s: float
+    end_s: float
+    score: float
+
+
+@dataclass
+class FileResult:
+    path: str
+    score: float | None = None  # P(spoof) of the file, aggregated over its windows
+    label: str | None = None
+    duration_s: float | None = None
+    windows: int = 0
+    segments: list[Segment] = field(default_factory=list)
+    error: str | None = None
+    traceback: str | None = field(default=None, repr=False)  # for --debug only
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self, segments: bool = False) -> dict:
+        d = {
+            "path": self.path,
+            "score": None if self.score is None else round(self.score, 6),
+            "label": self.label,
+            "duration_s": None if self.duration_s is None else round(self.duration_s, 3),
+            "windows": self.windows,
+            "error": self.error,
+        }
+        if segments:
+            d["segments"] = [
+                {"start_s": round(s.start_s, 3), "end_s": round(s.end_s, 3),
+                 "score": round(s.score, 6)}
+                for s in self.segments
+            ]
+        return d
+
+
+def open_session(path, providers: list, threads: int | None = None):
+    """An onnxruntime session for `path`, with model problems turned into ModelError."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(
+            f"{path}: model not found; pass --model PATH or set DFA_MODEL"
+            if not path.exists() else f"{path}: not a file; pass the .onnx file itself"
+        )
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # onnxruntime's warnings are not for end users
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as e:  # noqa: BLE001 - InvalidProtobuf, Fail, NoSuchFile, ...
+        reason = " ".join(str(e).split())[:160]
+        raise ModelError(f"{path}: not a loadable ONNX model ({reason})") from e
+
+
+def _providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    if device not in DEVICES:
+        raise DeviceError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        raise DeviceError(
+            f"--device cuda, but this onnxruntime {ort.__version__} has no CUDA provider "
+            f"(it has {', '.join(ort.get_available_providers())}); uninstall onnxruntime "
+            "and install onnxruntime-gpu, or use --device cpu"
+        )
+    return ["CPUExecutionProvider"]
+
+
+class Detector:
+    """Scores audio files with a dfa ONNX model.
+
+    >>> det = Detector("model.onnx", device="cpu")
+    >>> for r in det.score(["a.wav", "b.flac"]): print(r.path, r.score, r.label)
+    """
+
+    def __init__(self, model: str | os.PathLike, device: str = "auto",
+                 threads: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 threshold: float | None = None):
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        self.model_path = Path(model)
+        self.notes: list[str] = []  # things the user should know (e.g. auto fell back to CPU)
+        providers = _providers(device)
+        self.session = open_session(self.model_path, providers, threads)
+        active = self.session.get_providers()
+        if providers[0] == "CUDAExecutionProvider" and active[0] != "CUDAExecutionProvider":
+            if device == "cuda":
+                raise DeviceError(
+                    "--device cuda, but onnxruntime's CUDA provider failed to start (CUDA or "
+                    "cuDNN libraries missing or mismatched); fix the CUDA install or use "
+                    "--device cpu"
+                )
+            self.notes.append("CUDA provider failed to start; running on CPU")
+        self.device = "cuda" if active[0] == "CUDAExecutionProvider" else "cpu"
+        try:
+            self.metadata: ModelMetadata = from_custom_metadata(
+                self.session.get_modelmeta().custom_metadata_map
+            )
+        except MetadataError as e:
+            raise ModelError(f"{self.model_path}: {e}") from e
+        self._check_interface()
+        self.features = self.metadata.features
+        self.batch_size = batch_size
+        self.threshold = self.metadata.threshold if threshold is None else float(threshold)
+
+    def _check_interface(self) -> None:
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        names_in, names_out = [i.name for i in inputs], [o.name for o in outputs]
+        if names_in != [INPUT_NAME] or OUTPUT_NAME not in names_out:
+            raise ModelError(
+                f"{self.model_path}: graph has inputs {names_in} and outputs {names_out}, "
+                f"expected input '{INPUT_NAME}' and output '{OUTPUT_NAME}'; re-export it with "
+                "dfa-export"
+            )
+        expected = list(self.metadata.features.input_shape)
+        shape = inputs[0].shape
+        if len(shape) != 4 or [d if isinstance(d, int) else None for d in shape[1:]] != expected:
+            raise ModelError(
+                f"{self.model_path}: input shape {shape} does not match its feature config "
+                f"(batch, {', '.join(map(str, expected))}); re-export it with dfa-export"
+            )
+        # A graph exported with a fixed batch of 1 still works, one window at a time.
+        self._max_batch = shape[0] if isinstance(shape[0], int) else None
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """P(spoof) for a (n, 1, H, W) float32 batch of window features, shape (n,)."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        step = self._max_batch or len(batch)
+        out = [
+            self.session.run([OUTPUT_NAME], {INPUT_NAME: batch[i: i + step]})[0]
+            for i in range(0, len(batch), max(step, 1))
+        ]
+        scores = np.concatenate([o.reshape(len(o), -1)[:, 0] for o in out]).astype(np.float64)
+        return scores
+
+    def score_file(self, path: str | os.PathLike) -> FileResult:
+        return next(iter(self.score([path])))
+
+    def score(self, paths: Iterable[str | os.PathLike]) -> Iterator[FileResult]:
+        """One FileResult per path, in input order. Windows of consecutive files share
+        batches; a file that fails gets its error and the others go on."""
+        cfg = self.features
+        queue: deque[_Job] = deque()
+        batch: list[np.ndarray] = []
+        owners: list[tuple[_Job, int, int]] = []
+        for path in paths:
+            job = _Job(str(path))
+            queue.append(job)
+            try:
+                for w in iter_windows(path, cfg):
+                    batch.append(window_features(w.audio, cfg))
+                    owners.append((job, w.start, w.end))
+                    job.outstanding += 1
+                    job.total = max(job.total, w.end)
+                    if len(batch) >= self.batch_size:
+                        self._run(batch, owners)
+                        batch, owners = [], []
+                        yield from self._finished(queue)
+            except AudioError as e:
+                job.error = str(e)
+            except MemoryError:
+                job.error = "out of memory while decoding; free memory or split the file"
+            except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
+                job.error = f"internal error ({type(e).__name__}: {e}); rerun with --debug"
+                job.traceback = traceback.format_exc()
+            job.read = True
+            yield from self._finished(queue)
+        if batch:
+            self._run(batch, owners)
+        yield from self._finished(queue)
+
+    def _run(self, batch: list[np.ndarray], owners: list[tuple[_Job, int, int]]) -> None:
+        scores = self.predict(np.stack(batch))
+        sr = self.features.sample_rate
+        for (job, start, end), p in zip(owners, scores, strict=True):
+            job.outstanding -= 1
+            if job.error is None:
+                job.segments.append(Segment(start / sr, end / sr, float(p)))
+
+    def _finished(self, queue: deque[_Job]) -> Iterator[FileResult]:
+        while queue and queue[0].read and (queue[0].error or queue[0].outstanding == 0):
+            yield self._result(queue.popleft())
+
+    def _result(self, job: _Job) -> FileResult:
+        if job.error is not None:
+            return FileResult(job.path, error=job.error, traceback=job.traceback)
+        segments = sorted(job.segments, key=lambda s: s.start_s)
+        score = aggregate([s.score for s in segments], self.metadata.aggregation)
+        return FileResult(
+            path=job.path, score=score, label=self.metadata.label_for(score, self.threshold),
+            duration_s=job.total / self.features.sample_rate, windows=len(segments),
+            segments=segments,
+        )
+
+
+@dataclass
+class _Job:
+    path: str
+    outstanding: int = 0
+    read: bool = False
+    total: int = 0
+    segments: list[Segment] = field(default_factory=list)
+    error: str | None = None
+    traceback: str | None = None
