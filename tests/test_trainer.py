@@ -1,0 +1,313 @@
+"""dfa-train on CPU with the tiny preset and small features (seconds per run)."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from runtime.metadata import ModelMetadata  # noqa: E402
+from tests.datasets import FAST_FEATURES, make_dataset  # noqa: E402
+from trainer import data as D  # noqa: E402
+from trainer.cli import app  # noqa: E402
+from trainer.model import create_model  # noqa: E402
+
+runner = CliRunner()
+FAST = ["--arch", "tiny", "--batch-size", "8", "--lr", "3e-3", "--workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("itw"), per_label=10)
+
+
+@pytest.fixture(scope="module")
+def features_json(tmp_path_factory):
+    p = tmp_path_factory.mktemp("cfg") / "features.json"
+    p.write_text(FAST_FEATURES.to_json())
+    return p
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def train(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, features_json, cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    r = train(dataset, "--out", out, "--epochs", "3", "--feature-config", features_json,
+              "--cache-dir", cache, *FAST)
+    assert r.exit_code == 0, r.stderr + r.stdout
+    return out, r
+
+
+def test_run_writes_every_output(trained):
+    out, _ = trained
+    for name in ("model.pth", "model.json", "metrics.jsonl", "splits.csv", "test_scores.csv",
+                 "val_scores.csv", "checkpoint.pt", "run.json", "roc_det.png", "curves.png"):
+        assert (out / name).is_file(), name
+    for png in ("roc_det.png", "curves.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "run.json").read_text())["status"] == "done"
+    assert not list(out.glob(".*tmp*"))  # atomic writes left nothing behind
+
+
+def test_state_dict_loads_with_weights_only(trained):
+    out, _ = trained
+    md = ModelMetadata.from_json((out / "model.json").read_text())
+    assert md.arch == "res2net50_26w_4s" and md.arch_kwargs["layers"] == [1, 1, 1, 1]
+    state = torch.load(out / "model.pth", map_location="cpu", weights_only=True)
+    assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+    model = create_model(md.arch, md.arch_kwargs)
+    model.load_state_dict(state)  # strict: every key fits
+
+
+def test_metrics_and_calibration(trained):
+    out, r = trained
+    md = ModelMetadata.from_json((out / "model.json").read_text())
+    assert md.features == FAST_FEATURES
+    assert md.threshold_source == "val-eer" and 0.0 <= md.threshold <= 1.0
+    test = md.metrics["test"]
+    assert test["accuracy"] > 0.6  # chance is 0.5: the classes are learnable
+    assert test["eer"] < 0.4 and test["roc_auc"] > 0.6
+    assert np.array(test["confusion"]).sum() == test["n"] == 12
+    assert set(md.metrics["test_groups"]["attack"]) == {"vocoder-a", "vocoder-b"}
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3]
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_eer", "val_auc",
+                "epoch_s", "train_samples_per_s"):
+        assert all(np.isfinite(x[key]) for x in lines), key
+    assert md.metrics["best_epoch"] == min(
+        lines, key=lambda x: (x["val_eer"], x["val_loss"]))["epoch"]
+    assert "test EER" in r.stdout and "confusion" in r.stdout
+
+
+def test_test_scores_reproduce_reported_eer(trained):
+    out, _ = trained
+    from runtime import metrics as M
+
+    rows = list(csv.DictReader(open(out / "test_scores.csv")))
+    assert set(rows[0]) == {"file", "speaker", "label", "attack", "score"}
+    y = [1 if r["label"] == "spoof" else 0 for r in rows]
+    s = [float(r["score"]) for r in rows]
+    md = ModelMetadata.from_json((out / "model.json").read_text())
+    assert M.eer(y, s)[0] == pytest.approx(md.metrics["test"]["eer"], abs=1e-6)
+
+
+def test_splits_are_reusable(trained, dataset, features_json, cache, tmp_path):
+    out, _ = trained
+    r = train(dataset, "--out", tmp_path / "again", "--epochs", "1", "--splits",
+              out / "splits.csv", "--feature-config", features_json, "--cache-dir", cache,
+              *FAST)
+    assert r.exit_code == 0, r.stderr
+    a = pd.read_csv(out / "splits.csv")
+    b = pd.read_csv(tmp_path / "again" / "splits.csv")
+    assert a.equals(b)
+
+
+def test_existing_run_folder_is_not_overwritten(trained, dataset):
+    out, _ = trained
+    before = (out / "model.pth").read_bytes()
+    r = train(dataset, "--out", out, "--arch", "tiny")
+    assert r.exit_code == 2 and "already holds a run" in r.stderr
+    assert (out / "model.pth").read_bytes() == before
+
+
+# ------------------------------------------------------------------------- splits
+
+
+def speaker_table(seed, n_speakers=12):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_speakers):
+        for _ in range(rng.integers(5, 60)):
+            rows.append({"speaker": f"s{s}", "label": int(rng.random() < 0.4)})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_speaker_split_has_no_speaker_in_two_splits(seed):
+    t = speaker_table(seed)
+    t["split"] = D.make_splits(t, "speaker", seed)
+    per_speaker = t.groupby("speaker")["split"].nunique()
+    assert (per_speaker == 1).all()
+    sizes = t["split"].value_counts(normalize=True)
+    assert sizes["train"] > 0.6 and sizes["val"] > 0.03 and sizes["test"] > 0.03
+    for name in ("val", "test"):
+        assert set(t.loc[t["split"] == name, "label"]) == {0, 1}
+
+
+def test_splits_are_deterministic_per_seed():
+    t = speaker_table(0)
+    assert D.make_splits(t, "speaker", 3).equals(D.make_splits(t, "speaker", 3))
+    assert not D.make_splits(t, "speaker", 3).equals(D.make_splits(t, "speaker", 4))
+    s1 = D.make_splits(t, "stratified", 1)
+    assert s1.equals(D.make_splits(t, "stratified", 1))
+    frac = s1.value_counts(normalize=True)
+    assert frac["train"] == pytest.approx(0.8, abs=0.01)
+    for name in ("train", "val", "test"):
+        rate = t.loc[s1 == name, "label"].mean()
+        assert rate == pytest.approx(t["label"].mean(), abs=0.05)
+
+
+def test_speaker_split_needs_three_speakers():
+    t = pd.DataFrame({"speaker": ["a"] * 10 + ["b"] * 10, "label": [0, 1] * 10})
+    with pytest.raises(D.DataError, match="at least 3 speakers"):
+        D.make_splits(t, "speaker", 0)
+
+
+# ------------------------------------------------------------------ bad meta.csv
+
+
+def write_meta(root: Path, text: str) -> Path:
+    (root / "meta.csv").write_text(text)
+    return root
+
+
+@pytest.fixture
+def small_data(tmp_path):
+    return make_dataset(tmp_path / "d", speakers=3, per_label=2)
+
+
+@pytest.mark.parametrize("mutate,expect", [
+    (lambda t: t.replace("file,speaker,label", "path,speaker,label"),
+     "missing column(s) file"),
+    (lambda t: t.replace("spoof", "fake", 1), "unknown label 'fake'"),
+    (lambda t: t + "audio/0.wav,spk0,bona-fide,bona-fide\n", "duplicate file"),
+    (lambda t: t + "audio/nope.wav,spk0,spoof,x\n", "audio file not found"),
+])
+def test_bad_meta_csv_is_reported_and_stops(small_data, tmp_path, mutate, expect):
+    meta = small_data / "meta.csv"
+    meta.write_text(mutate(meta.read_text()))
+    out = tmp_path / "run"
+    r = train(small_data, "--out", out, "--arch", "tiny", "--workers", "1")
+    assert r.exit_code == 2
+    assert expect in r.stderr
+    assert r.stderr.startswith("dfa-train: error: ")
+    assert not (out / "model.pth").exists()
+
+
+def test_undecodable_audio_is_reported_with_a_count(small_data, tmp_path):
+    for i in (1, 3, 5):
+        (small_data / "audio" / f"{i}.wav").write_bytes(b"not audio" * 50)
+    r = train(small_data, "--out", tmp_path / "run", "--arch", "tiny", "--workers", "1",
+              "--cache-dir", tmp_path / "c")
+    assert r.exit_code == 2
+    assert "3 problem row(s)" in r.stderr and "not decodable audio" in r.stderr
+    assert "line 3: audio/1.wav" in r.stderr
+
+
+def test_skip_bad_trains_on_the_rest(dataset, features_json, cache, tmp_path):
+    data = tmp_path / "d"
+    data.mkdir()
+    os.symlink(dataset / "audio", data / "audio")
+    text = (dataset / "meta.csv").read_text()
+    (data / "meta.csv").write_text(text + "audio/none.wav,spk0,spoof,x\n"
+                                   "audio/0.wav,spk0,bona-fide,bona-fide\n"
+                                   "audio/1.wav,spk9,robot,x\n")
+    r = train(data, "--out", tmp_path / "run", "--epochs", "1", "--skip-bad",
+              "--feature-config", features_json, "--cache-dir", cache, *FAST)
+    assert r.exit_code == 0, r.stderr
+    assert "left out 3 of 123 rows" in r.stderr
+    assert len(pd.read_csv(tmp_path / "run" / "splits.csv")) == 120
+
+
+# ----------------------------------------------------------------- resume / kill
+
+
+def test_interrupt_then_resume_gives_the_same_model(dataset, features_json, cache, tmp_path,
+                                                    monkeypatch, trained):
+    from trainer import train as T
+
+    calls = {"n": 0}
+    real = T.score_files
+
+    def interrupt_second_validation(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # Ctrl-C during epoch 2's validation
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "score_files", interrupt_second_validation)
+    out = tmp_path / "run"
+    r = train(dataset, "--out", out, "--epochs", "3", "--feature-config", features_json,
+              "--cache-dir", cache, *FAST)
+    assert r.exit_code == 130
+    assert "epoch 1 is the last one saved" in r.stderr and f"--resume {out}" in r.stderr
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    monkeypatch.setattr(T, "score_files", real)
+    r = train("--resume", out)
+    assert r.exit_code == 0, r.stderr
+    assert "resuming" in r.stderr
+    epochs = [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+    # Same seed, same data order and windows, restored RNG: the same weights as the
+    # uninterrupted run.
+    ref_out, _ = trained
+    a = torch.load(out / "model.pth", weights_only=True)
+    b = torch.load(ref_out / "model.pth", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_killed_process_resumes(dataset, features_json, cache, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "trainer", str(dataset), "--out", str(out), "--epochs", "4",
+           "--feature-config", str(features_json), "--cache-dir", str(cache), *FAST]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len((out / "metrics.jsonl").read_text().splitlines())
+    assert 1 <= done <= 4
+    r = subprocess.run([sys.executable, "-m", "trainer", "--resume", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    epochs = [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]
+    assert (out / "model.json").exists()
+
+
+def test_resume_refuses_a_folder_without_a_run(tmp_path):
+    r = train("--resume", tmp_path)
+    assert r.exit_code == 2 and "run.json: not found" in r.stderr
+
+
+# ----------------------------------------------------------------------- DDP
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp(dataset, features_json, cache, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29517", "-m", "trainer", str(dataset), "--out", str(out),
+           "--epochs", "2", "--device", "cpu", "--feature-config", str(features_json),
+           "--cache-dir", str(cache), *FAST]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("dfa-train summary") == 1  # rank 0 alone reports
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+    md = ModelMetadata.from_json((out / "model.json").read_text())
+    assert md.metrics["test"]["n"] == 12
+    state = torch.load(out / "model.pth", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)

@@ -1,0 +1,318 @@
+"""Dataset in the In-the-Wild layout: meta.csv validation, splits, and the feature cache.
+
+DATA_DIR/meta.csv has columns file,speaker,label (label "bona-fide" -> 0, "spoof" -> 1;
+file relative to DATA_DIR). Any other column (e.g. attack) is kept as a group column for
+per-group metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from runtime.features import FeatureConfig
+
+REQUIRED_COLUMNS = ("file", "speaker", "label")
+LABELS = {"bona-fide": 0, "bonafide": 0, "spoof": 1}
+SPLITS = ("train", "val", "test")
+FRACTIONS = (0.8, 0.1, 0.1)
+SHOW_ROWS = 10
+
+
+class DataError(Exception):
+    """The dataset cannot be used as it is; the message lists the first problems."""
+
+
+@dataclass
+class Problem:
+    line: int  # line in meta.csv (header = 1)
+    file: str
+    reason: str
+
+
+def problems_message(what: str, problems: list[Problem], hint: str) -> str:
+    lines = [f"{what}: {len(problems)} problem row(s); {hint}"]
+    for p in problems[:SHOW_ROWS]:
+        lines.append(f"  line {p.line}: {p.file}: {p.reason}")
+    if len(problems) > SHOW_ROWS:
+        lines.append(f"  ... and {len(problems) - SHOW_ROWS} more")
+    return "\n".join(lines)
+
+
+def load_meta(data_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[Problem]]:
+    """Read and check DATA_DIR/meta.csv.
+
+    Returns the usable rows (columns file, speaker, label as 0/1, path, line, and any group
+    columns) and the problem rows (unknown label, duplicate file, missing speaker, missing
+    audio). Missing columns or an unreadable meta.csv raise DataError at once.
+    """
+    data_dir = Path(data_dir)
+    meta = data_dir / "meta.csv"
+    if not meta.is_file():
+        raise DataError(f"{meta}: not found; DATA_DIR must contain meta.csv "
+                        "(columns file,speaker,label)")
+    try:
+        table = pd.read_csv(meta, dtype=str, keep_default_na=False)
+    except Exception as e:  # noqa: BLE001 - pandas parser errors vary
+        raise DataError(f"{meta}: not a readable CSV ({' '.join(str(e).split())})") from e
+    table.columns = [c.strip() for c in table.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(f"{meta}: missing column(s) {', '.join(missing)}; found "
+                        f"{', '.join(table.columns) or 'none'}; expected file,speaker,label")
+    if table.empty:
+        raise DataError(f"{meta}: no rows")
+    table = table.copy()
+    table["line"] = np.arange(len(table)) + 2
+    problems: list[Problem] = []
+    keep = np.ones(len(table), dtype=bool)
+    labels = table["label"].str.strip().str.lower()
+    seen: set[str] = set()
+    for i, (f, spk, lab, line) in enumerate(zip(table["file"], table["speaker"], labels,
+                                               table["line"], strict=True)):
+        reason = None
+        if lab not in LABELS:
+            reason = f"unknown label {lab!r} (use bona-fide or spoof)"
+        elif not f.strip():
+            reason = "empty file name"
+        elif f in seen:
+            reason = "duplicate file (an earlier row has it)"
+        elif not spk.strip():
+            reason = "empty speaker"
+        elif not (data_dir / f).is_file():
+            reason = "audio file not found"
+        seen.add(f)
+        if reason:
+            problems.append(Problem(int(line), f, reason))
+            keep[i] = False
+    table["label"] = labels.map(LABELS)
+    table["path"] = [str(data_dir / f) for f in table["file"]]
+    table = table[keep].reset_index(drop=True)
+    table["label"] = table["label"].astype(int)
+    return table, problems
+
+
+def group_columns(table: pd.DataFrame) -> list[str]:
+    internal = set(REQUIRED_COLUMNS) | {"path", "line", "split", "cache", "windows"}
+    return [c for c in table.columns if c not in internal]
+
+
+# ---------------------------------------------------------------------------- splits
+
+
+def stratified_split(labels: np.ndarray, seed: int) -> np.ndarray:
+    """80/10/10 stratified by label, as the original recipe."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    counts = np.bincount(labels, minlength=2)
+    if counts.min() < 10:
+        raise DataError(f"a stratified 80/10/10 split needs at least 10 files of each label; "
+                        f"have {counts[0]} bona-fide and {counts[1]} spoof")
+    train, rest = train_test_split(idx, test_size=0.2, stratify=labels, random_state=seed)
+    val, test = train_test_split(rest, test_size=0.5, stratify=labels[rest],
+                                 random_state=seed)
+    out = np.empty(len(labels), dtype=object)
+    out[train], out[val], out[test] = "train", "val", "test"
+    return out
+
+
+def speaker_split(speakers: np.ndarray, labels: np.ndarray, seed: int,
+                  trials: int = 400) -> np.ndarray:
+    """No speaker in two splits; rows per split and label as close to 80/10/10 as the
+    speakers allow (a randomised greedy search, best of `trials`, deterministic per seed)."""
+    names, inverse = np.unique(speakers, return_inverse=True)
+    if len(names) < 3:
+        raise DataError(f"a speaker-disjoint split needs at least 3 speakers, found "
+                        f"{len(names)}; use --split stratified")
+    per_speaker = np.zeros((len(names), 2))
+    np.add.at(per_speaker, (inverse, labels), 1)
+    target = np.outer(FRACTIONS, per_speaker.sum(axis=0))  # (split, label)
+    rng = np.random.default_rng(seed)
+    best, best_cost = None, np.inf
+    for _ in range(trials):
+        # Fill test, then val, walking the speakers in a random order and taking each one
+        # that brings the split's (bona fide, spoof) counts closer to its target; the rest
+        # is train. Best of many orders.
+        order = rng.permutation(len(names))
+        assign = np.zeros(len(names), dtype=np.int64)
+        for k in (2, 1):
+            counts = np.zeros(2)
+            for s in order:
+                if assign[s] != 0:
+                    continue
+                before = np.abs(counts - target[k]).sum()
+                after = np.abs(counts + per_speaker[s] - target[k]).sum()
+                if not counts.any() or after < before:
+                    assign[s] = k
+                    counts += per_speaker[s]
+        counts = np.zeros((3, 2))
+        np.add.at(counts, assign, per_speaker)
+        if counts.sum(axis=1).min() == 0:
+            continue
+        cost = np.abs(counts - target).sum()
+        if counts[1:].min() == 0:  # val or test lacks a label: EER impossible there
+            cost += 1e9
+        if cost < best_cost:
+            best, best_cost = assign.copy(), cost
+    if best is None:
+        raise DataError("could not split the speakers into three non-empty parts")
+    return np.asarray(SPLITS, dtype=object)[best[inverse]]
+
+
+def make_splits(table: pd.DataFrame, kind: str, seed: int) -> pd.Series:
+    labels = table["label"].to_numpy()
+    if kind == "stratified":
+        split = stratified_split(labels, seed)
+    elif kind == "speaker":
+        split = speaker_split(table["speaker"].to_numpy(), labels, seed)
+    else:
+        raise DataError(f"unknown split kind {kind!r}; use stratified or speaker")
+    for name in ("val", "test"):
+        present = set(labels[split == name].tolist())
+        if present != {0, 1}:
+            raise DataError(f"the {name} split has only "
+                            f"{'bona-fide' if present == {0} else 'spoof'} files; EER needs "
+                            "both; add data or use another --split/--seed")
+    return pd.Series(split, index=table.index, name="split")
+
+
+def read_splits(path: str | os.PathLike, table: pd.DataFrame) -> pd.Series:
+    """The split column from a splits.csv written by an earlier run."""
+    path = Path(path)
+    try:
+        given = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{path}: not a readable CSV ({e})") from e
+    if not {"file", "split"} <= set(given.columns):
+        raise DataError(f"{path}: needs columns file,split")
+    bad = sorted(set(given["split"]) - set(SPLITS))
+    if bad:
+        raise DataError(f"{path}: unknown split name(s) {', '.join(bad)}; use train/val/test")
+    mapping = dict(zip(given["file"], given["split"], strict=True))
+    absent = [f for f in table["file"] if f not in mapping]
+    if absent:
+        raise DataError(f"{path}: {len(absent)} file(s) of meta.csv are not in it, e.g. "
+                        f"{absent[0]}; make a new split or fix the file")
+    return pd.Series([mapping[f] for f in table["file"]], index=table.index, name="split")
+
+
+def split_summary(table: pd.DataFrame) -> str:
+    parts = []
+    for name in SPLITS:
+        rows = table[table["split"] == name]
+        parts.append(f"{name} {len(rows)} ({(rows['label'] == 0).sum()} bona-fide, "
+                     f"{(rows['label'] == 1).sum()} spoof, {rows['speaker'].nunique()} speakers)")
+    return "; ".join(parts)
+
+
+# ----------------------------------------------------------------------- feature cache
+
+
+def content_key(path: str | os.PathLike) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_dir_for(root: str | os.PathLike, cfg: FeatureConfig) -> Path:
+    """Features of one FeatureConfig live in their own folder: a config change can never
+    reuse stale arrays."""
+    d = Path(root) / cfg.digest()
+    d.mkdir(parents=True, exist_ok=True)
+    cfg_file = d / "feature_config.json"
+    if not cfg_file.exists():
+        tmp = cfg_file.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(cfg.to_json())
+        os.replace(tmp, cfg_file)
+    return d
+
+
+def _cache_one(args: tuple[str, str, str]) -> tuple[str, str | None, int, str | None]:
+    """Worker: (path, cache file or None, windows, error). Runs in a worker process."""
+    path, cfg_json, cache_root = args
+    from runtime.audio import AudioError
+    from runtime.features import FeatureConfig, file_features
+
+    try:
+        key = content_key(path)
+    except OSError as e:
+        return path, None, 0, f"cannot read ({e.strerror})"
+    target = Path(cache_root) / key[:2] / f"{key}.npy"
+    if target.exists():
+        try:
+            return path, str(target), int(np.load(target, mmap_mode="r").shape[0]), None
+        except (OSError, ValueError):
+            pass  # a damaged cache entry: compute it again
+    try:
+        feats = file_features(path, FeatureConfig.from_json(cfg_json)).features
+    except AudioError as e:
+        return path, None, 0, str(e)
+    except Exception as e:  # noqa: BLE001 - report, do not kill the whole build
+        return path, None, 0, f"feature extraction failed ({type(e).__name__}: {e})"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.stem}.{os.getpid()}.tmp.npy")
+    np.save(tmp, feats)
+    os.replace(tmp, target)
+    return path, str(target), int(feats.shape[0]), None
+
+
+def build_cache(paths: list[str], cfg: FeatureConfig, cache_root: str | os.PathLike,
+                workers: int, log=sys.stderr) -> dict[str, tuple[str | None, int, str | None]]:
+    """Compute (or find) the features of every file in parallel worker processes.
+
+    Returns path -> (cache file, windows, error). Files already cached (same content, same
+    FeatureConfig) are only hashed.
+    """
+    import multiprocessing as mp
+
+    root = cache_dir_for(cache_root, cfg)
+    jobs = [(p, cfg.to_json(), str(root)) for p in paths]
+    out: dict[str, tuple[str | None, int, str | None]] = {}
+    start = time.perf_counter()
+    tty = log.isatty() if hasattr(log, "isatty") else False
+    step = max(1, len(jobs) // 10)
+
+    def report(done: int) -> None:
+        rate = done / max(1e-9, time.perf_counter() - start)
+        msg = f"features: {done}/{len(jobs)} files ({rate:.1f} files/s)"
+        if tty:
+            log.write(f"\r\033[K{msg}")
+        elif done % step == 0 or done == len(jobs):
+            log.write(msg + "\n")
+        log.flush()
+
+    if workers <= 1 or len(jobs) < 8:
+        results = map(_cache_one, jobs)
+        for i, (p, f, n, err) in enumerate(results, 1):
+            out[p] = (f, n, err)
+            report(i)
+    else:
+        # One BLAS thread per worker process: the parallelism is across files.
+        saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
+        os.environ.update({k: "1" for k in saved})
+        try:
+            with mp.get_context("spawn").Pool(workers) as pool:
+                for i, (p, f, n, err) in enumerate(
+                        pool.imap_unordered(_cache_one, jobs, chunksize=4), 1):
+                    out[p] = (f, n, err)
+                    report(i)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    if tty and jobs:
+        log.write("\n")
+    return out
