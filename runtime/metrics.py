@@ -135,3 +135,27 @@ def group_eers(labels, scores, groups) -> dict[str, dict]:
         rate, _ = eer(y[rows], s[rows])
         out[value] = {"eer": rate, "n": int((g == value).sum())}
     return out
+
+
+def format_report(result: dict, groups: dict[str, dict] | None = None,
+                  indent: str = "  ") -> list[str]:
+    """Text lines for a summary() result and its per-group EERs (trainer and dfa-eval)."""
+    m = result["confusion"]
+    lines = [f"{indent}files           {result['n']} ({result['n_bona_fide']} bona-fide, "
+             f"{result['n_spoof']} spoof)"]
+    if "eer" in result:
+        lines += [f"{indent}EER             {100 * result['eer']:.2f}%",
+                  f"{indent}ROC AUC         {result['roc_auc']:.4f}"]
+    lines += [
+        f"{indent}accuracy        {100 * result['accuracy']:.2f}% at threshold "
+        f"{result['threshold']:.4f} (FPR {100 * result['fpr']:.2f}%, "
+        f"FNR {100 * result['fnr']:.2f}%)",
+        f"{indent}confusion       true\\pred  bona-fide  spoof",
+        f"{indent}                bona-fide  {m[0][0]:>9}  {m[0][1]:>5}",
+        f"{indent}                spoof      {m[1][0]:>9}  {m[1][1]:>5}",
+    ]
+    for name, values in (groups or {}).items():
+        if values:
+            parts = ", ".join(f"{k} {100 * v['eer']:.2f}%" for k, v in values.items())
+            lines.append(f"{indent}EER by {name}: {parts}")
+    return lines

@@ -19,29 +19,12 @@ from typer.testing import CliRunner  # noqa: E402
 
 from runtime.metadata import ModelMetadata  # noqa: E402
 from tests.datasets import FAST_FEATURES, make_dataset  # noqa: E402
+from tests.datasets import FAST_TRAIN as FAST  # noqa: E402
 from trainer import data as D  # noqa: E402
 from trainer.cli import app  # noqa: E402
 from trainer.model import create_model  # noqa: E402
 
 runner = CliRunner()
-FAST = ["--arch", "tiny", "--batch-size", "8", "--lr", "3e-3", "--workers", "1"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("itw"), per_label=10)
-
-
-@pytest.fixture(scope="module")
-def features_json(tmp_path_factory):
-    p = tmp_path_factory.mktemp("cfg") / "features.json"
-    p.write_text(FAST_FEATURES.to_json())
-    return p
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
 
 
 def train(*args):
@@ -49,12 +32,18 @@ def train(*args):
 
 
 @pytest.fixture(scope="module")
-def trained(dataset, features_json, cache, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "run"
-    r = train(dataset, "--out", out, "--epochs", "3", "--feature-config", features_json,
-              "--cache-dir", cache, *FAST)
-    assert r.exit_code == 0, r.stderr + r.stdout
-    return out, r
+def dataset(itw_dataset):
+    return itw_dataset
+
+
+@pytest.fixture(scope="module")
+def cache(feature_cache):
+    return feature_cache
+
+
+@pytest.fixture(scope="module")
+def trained(trained_run):
+    return trained_run
 
 
 def test_run_writes_every_output(trained):
@@ -95,7 +84,7 @@ def test_metrics_and_calibration(trained):
         assert all(np.isfinite(x[key]) for x in lines), key
     assert md.metrics["best_epoch"] == min(
         lines, key=lambda x: (x["val_eer"], x["val_loss"]))["epoch"]
-    assert "test EER" in r.stdout and "confusion" in r.stdout
+    assert "test split:" in r.stdout and "EER  " in r.stdout and "confusion" in r.stdout
 
 
 def test_test_scores_reproduce_reported_eer(trained):

@@ -11,96 +11,36 @@ import hashlib
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from runtime.dataset import DataError, Problem, problems_message, read_meta
+from runtime.dataset import read_splits as read_split_map
 from runtime.features import FeatureConfig
 
-REQUIRED_COLUMNS = ("file", "speaker", "label")
-LABELS = {"bona-fide": 0, "bonafide": 0, "spoof": 1}
 SPLITS = ("train", "val", "test")
 FRACTIONS = (0.8, 0.1, 0.1)
-SHOW_ROWS = 10
 
-
-class DataError(Exception):
-    """The dataset cannot be used as it is; the message lists the first problems."""
-
-
-@dataclass
-class Problem:
-    line: int  # line in meta.csv (header = 1)
-    file: str
-    reason: str
-
-
-def problems_message(what: str, problems: list[Problem], hint: str) -> str:
-    lines = [f"{what}: {len(problems)} problem row(s); {hint}"]
-    for p in problems[:SHOW_ROWS]:
-        lines.append(f"  line {p.line}: {p.file}: {p.reason}")
-    if len(problems) > SHOW_ROWS:
-        lines.append(f"  ... and {len(problems) - SHOW_ROWS} more")
-    return "\n".join(lines)
+__all__ = ["DataError", "Problem", "problems_message", "load_meta", "make_splits",
+           "read_splits", "build_cache", "group_columns", "split_summary"]
 
 
 def load_meta(data_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[Problem]]:
-    """Read and check DATA_DIR/meta.csv.
-
-    Returns the usable rows (columns file, speaker, label as 0/1, path, line, and any group
-    columns) and the problem rows (unknown label, duplicate file, missing speaker, missing
-    audio). Missing columns or an unreadable meta.csv raise DataError at once.
-    """
-    data_dir = Path(data_dir)
-    meta = data_dir / "meta.csv"
-    if not meta.is_file():
-        raise DataError(f"{meta}: not found; DATA_DIR must contain meta.csv "
-                        "(columns file,speaker,label)")
-    try:
-        table = pd.read_csv(meta, dtype=str, keep_default_na=False)
-    except Exception as e:  # noqa: BLE001 - pandas parser errors vary
-        raise DataError(f"{meta}: not a readable CSV ({' '.join(str(e).split())})") from e
-    table.columns = [c.strip() for c in table.columns]
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
-    if missing:
-        raise DataError(f"{meta}: missing column(s) {', '.join(missing)}; found "
-                        f"{', '.join(table.columns) or 'none'}; expected file,speaker,label")
-    if table.empty:
-        raise DataError(f"{meta}: no rows")
-    table = table.copy()
-    table["line"] = np.arange(len(table)) + 2
-    problems: list[Problem] = []
-    keep = np.ones(len(table), dtype=bool)
-    labels = table["label"].str.strip().str.lower()
-    seen: set[str] = set()
-    for i, (f, spk, lab, line) in enumerate(zip(table["file"], table["speaker"], labels,
-                                               table["line"], strict=True)):
-        reason = None
-        if lab not in LABELS:
-            reason = f"unknown label {lab!r} (use bona-fide or spoof)"
-        elif not f.strip():
-            reason = "empty file name"
-        elif f in seen:
-            reason = "duplicate file (an earlier row has it)"
-        elif not spk.strip():
-            reason = "empty speaker"
-        elif not (data_dir / f).is_file():
-            reason = "audio file not found"
-        seen.add(f)
-        if reason:
-            problems.append(Problem(int(line), f, reason))
-            keep[i] = False
-    table["label"] = labels.map(LABELS)
-    table["path"] = [str(data_dir / f) for f in table["file"]]
-    table = table[keep].reset_index(drop=True)
-    table["label"] = table["label"].astype(int)
+    """meta.csv as a table (file, speaker, label 0/1, path, line, group columns) and its
+    problem rows; runtime.dataset.read_meta does the checking."""
+    rows, problems, groups = read_meta(data_dir)
+    table = pd.DataFrame(
+        [{"file": r.file, "speaker": r.speaker, "label": r.label, "path": r.path,
+          "line": r.line, **r.groups} for r in rows],
+        columns=["file", "speaker", "label", "path", "line", *groups],
+    )
     return table, problems
 
 
 def group_columns(table: pd.DataFrame) -> list[str]:
-    internal = set(REQUIRED_COLUMNS) | {"path", "line", "split", "cache", "windows"}
+    internal = {"file", "speaker", "label", "path", "line", "split", "cache", "windows"}
     return [c for c in table.columns if c not in internal]
 
 
@@ -186,17 +126,10 @@ def make_splits(table: pd.DataFrame, kind: str, seed: int) -> pd.Series:
 
 def read_splits(path: str | os.PathLike, table: pd.DataFrame) -> pd.Series:
     """The split column from a splits.csv written by an earlier run."""
-    path = Path(path)
-    try:
-        given = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as e:  # noqa: BLE001
-        raise DataError(f"{path}: not a readable CSV ({e})") from e
-    if not {"file", "split"} <= set(given.columns):
-        raise DataError(f"{path}: needs columns file,split")
-    bad = sorted(set(given["split"]) - set(SPLITS))
+    mapping = read_split_map(path)
+    bad = sorted(set(mapping.values()) - set(SPLITS))
     if bad:
         raise DataError(f"{path}: unknown split name(s) {', '.join(bad)}; use train/val/test")
-    mapping = dict(zip(given["file"], given["split"], strict=True))
     absent = [f for f in table["file"] if f not in mapping]
     if absent:
         raise DataError(f"{path}: {len(absent)} file(s) of meta.csv are not in it, e.g. "

@@ -567,7 +567,7 @@ def finish(cfg, out, dist, log, model, by_split, arch_name, arch_kwargs, fcfg, b
         frame["score"] = np.round(scores[name], 6)
         atomic_write_text(out / f"{name}_scores.csv", frame.to_csv(index=False))
     history = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    from trainer.report import plot_curves, plot_roc_det
+    from runtime.plots import plot_curves, plot_roc_det
 
     plot_roc_det(out / "roc_det.png", {"val": (val["label"], scores["val"]),
                                        "test": (test["label"], scores["test"])})
@@ -591,26 +591,14 @@ def finish(cfg, out, dist, log, model, by_split, arch_name, arch_kwargs, fcfg, b
 
 
 def format_summary(out, cfg, best, threshold, source, test, groups) -> str:
-    m = test["confusion"]
     lines = [
         f"dfa-train summary: {out}",
         f"  arch            {cfg.arch}   split {cfg.split}   best epoch {best['epoch']}"
         f"/{cfg.epochs}",
         f"  threshold       {threshold:.4f} ({source})",
-        f"  test files      {test['n']} ({test['n_bona_fide']} bona-fide, "
-        f"{test['n_spoof']} spoof)",
-        f"  test EER        {100 * test['eer']:.2f}%",
-        f"  test ROC AUC    {test['roc_auc']:.4f}",
-        f"  test accuracy   {100 * test['accuracy']:.2f}% at the threshold "
-        f"(FPR {100 * test['fpr']:.2f}%, FNR {100 * test['fnr']:.2f}%)",
-        "  confusion       true\\pred  bona-fide  spoof",
-        f"                  bona-fide  {m[0][0]:>9}  {m[0][1]:>5}",
-        f"                  spoof      {m[1][0]:>9}  {m[1][1]:>5}",
+        "  test split:",
+        *M.format_report(test, groups, indent="    "),
+        f"  outputs         model.pth, model.json, test_scores.csv, roc_det.png, "
+        f"curves.png in {out}",
     ]
-    for g, values in groups.items():
-        if values:
-            parts = ", ".join(f"{k} {100 * v['eer']:.2f}%" for k, v in values.items())
-            lines.append(f"  test EER by {g}: {parts}")
-    lines.append(f"  outputs         model.pth, model.json, test_scores.csv, roc_det.png, "
-                 f"curves.png in {out}")
     return "\n".join(lines)

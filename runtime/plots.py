@@ -1,4 +1,5 @@
-"""Plots of a run: ROC and DET curves, training curves (matplotlib, no display needed)."""
+"""ROC/DET and training-curve plots. matplotlib is optional for the runtime: only the
+commands that draw need it, and they say so plainly when it is missing."""
 
 from __future__ import annotations
 
@@ -10,7 +11,19 @@ import numpy as np
 from runtime import metrics as M
 
 
+class PlotError(RuntimeError):
+    pass
+
+
+def require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise PlotError("plotting needs matplotlib: pip install matplotlib") from e
+
+
 def _pyplot():
+    require_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,0 +1,175 @@
+"""int8 edge model: static QDQ quantization with onnxruntime, calibrated on real audio.
+
+Weights are int8 per output channel, activations uint8 (the U8S8 layout onnxruntime's CPU
+kernels are fastest with). The final classifier and the sigmoid stay in float: an 8-bit
+P(spoof) would have only 256 levels, which ties scores and blurs the EER.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.audio import is_audio_path
+from runtime.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelMetadata, aggregate
+
+
+@dataclass
+class LabelledFiles:
+    paths: list[str]
+    labels: list[int] | None  # None when the folder has no meta.csv
+
+
+def dataset_files(folder: Path, seed: int = 0) -> LabelledFiles:
+    """Files of an In-the-Wild-layout folder (with labels) or any folder of audio, shuffled."""
+    meta = folder / "meta.csv"
+    rng = np.random.default_rng(seed)
+    if meta.is_file():
+        with open(meta, newline="") as f:
+            rows = [r for r in csv.DictReader(f)
+                    if r.get("label", "").strip().lower() in ("bona-fide", "bonafide", "spoof")]
+        rows = [r for r in rows if (folder / r["file"]).is_file()]
+        order = rng.permutation(len(rows))
+        return LabelledFiles([str(folder / rows[i]["file"]) for i in order],
+                             [int(rows[i]["label"].strip().lower() == "spoof") for i in order])
+    found = sorted(str(p) for p in folder.rglob("*") if p.is_file() and is_audio_path(p))
+    return LabelledFiles([found[i] for i in rng.permutation(len(found))], None)
+
+
+def calibration_windows(paths: list[str], metadata: ModelMetadata,
+                        max_windows: int = 256) -> np.ndarray:
+    from runtime.audio import AudioError
+    from runtime.features import file_features
+
+    windows = []
+    for p in paths:
+        try:
+            windows.append(file_features(p, metadata.features).features)
+        except AudioError:
+            continue
+        if sum(len(w) for w in windows) >= max_windows:
+            break
+    if not windows:
+        raise ValueError("no usable audio for calibration")
+    return np.concatenate(windows)[:max_windows]
+
+
+def _excluded_nodes(model_path: Path) -> list[str]:
+    """The classifier head (last Gemm/MatMul) and everything after it stay in float."""
+    import onnx
+
+    graph = onnx.load(str(model_path)).graph
+    tail = []
+    for node in reversed(graph.node):
+        tail.append(node.name)
+        if node.op_type in ("Gemm", "MatMul"):
+            break
+    return tail
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, windows: np.ndarray) -> None:
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([windows[i: i + 8] for i in range(0, len(windows), 8)])
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {INPUT_NAME: batch.astype(np.float32)}
+
+    with tempfile.TemporaryDirectory(prefix="dfa-quant-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
+        quantize_static(
+            str(pre), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
+            per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+            nodes_to_exclude=_excluded_nodes(pre),
+        )
+    # Keep the metadata (the quantizer does not promise to carry metadata_props).
+    source = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
+    model = onnx.load(str(out_path))
+    del model.metadata_props[:]
+    for k, v in source.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.save(model, str(out_path))
+
+
+def set_metadata(path: Path, metadata: ModelMetadata) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    for p in model.metadata_props:
+        if p.key == METADATA_KEY:
+            p.value = metadata.to_json()
+    onnx.save(model, str(path))
+
+
+def latency_ms(path: Path, shape: tuple[int, ...], batch: int = 1, repeat: int = 30,
+               threads: int | None = None) -> float:
+    """Median wall time of one run at `batch`, divided by the batch (ms per window)."""
+    from runtime.detector import open_session
+
+    session = open_session(path, ["CPUExecutionProvider"], threads)
+    x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
+    for _ in range(3):
+        session.run([OUTPUT_NAME], {INPUT_NAME: x})
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        session.run([OUTPUT_NAME], {INPUT_NAME: x})
+        times.append((time.perf_counter() - t) * 1000 / batch)
+    return statistics.median(times)
+
+
+@dataclass
+class Agreement:
+    files: int
+    label_agreement: float
+    max_score_diff: float
+    eer_fp32: float | None
+    eer_int8: float | None
+
+
+def agreement(fp32: Path, int8: Path, files: LabelledFiles, limit: int) -> Agreement:
+    """Score the same features with both models; compare file scores and labels."""
+    from runtime import metrics as M
+    from runtime.audio import AudioError
+    from runtime.detector import Detector
+    from runtime.features import file_features
+
+    a, b = Detector(fp32, device="cpu"), Detector(int8, device="cpu")
+    rule = a.metadata.aggregation
+    sa, sb, labels = [], [], []
+    for i, p in enumerate(files.paths[:limit]):
+        try:
+            x = file_features(p, a.features).features
+        except AudioError:
+            continue
+        sa.append(aggregate(a.predict(x), rule))
+        sb.append(aggregate(b.predict(x), rule))
+        if files.labels is not None:
+            labels.append(files.labels[i])
+    if not sa:
+        raise ValueError("no usable audio to measure agreement on")
+    sa, sb = np.array(sa), np.array(sb)
+    t = a.threshold
+    eers = (None, None)
+    if labels and 0 < sum(labels) < len(labels):
+        eers = (M.eer(labels, sa)[0], M.eer(labels, sb)[0])
+    return Agreement(len(sa), float(((sa >= t) == (sb >= t)).mean()),
+                     float(np.abs(sa - sb).max()), *eers)

@@ -1,0 +1,111 @@
+"""meta.csv of the In-the-Wild layout, read with the csv module (no pandas on edge boxes).
+
+DATA_DIR/meta.csv has columns file,speaker,label (label "bona-fide" -> 0, "spoof" -> 1;
+file relative to DATA_DIR). Other columns (e.g. attack) are kept as groups. Used by dfa-eval
+here and by the trainer, so both read a dataset the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REQUIRED_COLUMNS = ("file", "speaker", "label")
+LABELS = {"bona-fide": 0, "bonafide": 0, "spoof": 1}
+SHOW_ROWS = 10
+
+
+class DataError(Exception):
+    """The dataset cannot be used as it is; the message lists the first problems."""
+
+
+@dataclass
+class Problem:
+    line: int  # line in meta.csv (header = 1)
+    file: str
+    reason: str
+
+
+@dataclass
+class Row:
+    file: str
+    speaker: str
+    label: int
+    path: str
+    line: int
+    groups: dict[str, str] = field(default_factory=dict)
+
+
+def problems_message(what: str, problems: list[Problem], hint: str) -> str:
+    lines = [f"{what}: {len(problems)} problem row(s); {hint}"]
+    for p in problems[:SHOW_ROWS]:
+        lines.append(f"  line {p.line}: {p.file}: {p.reason}")
+    if len(problems) > SHOW_ROWS:
+        lines.append(f"  ... and {len(problems) - SHOW_ROWS} more")
+    return "\n".join(lines)
+
+
+def read_meta(data_dir: str | os.PathLike) -> tuple[list[Row], list[Problem], list[str]]:
+    """(usable rows, problem rows, group column names) of DATA_DIR/meta.csv.
+
+    Problem rows: unknown label, empty file name, duplicate file, empty speaker, missing
+    audio. A missing meta.csv, an unreadable one or missing columns raise DataError.
+    """
+    data_dir = Path(data_dir)
+    meta = data_dir / "meta.csv"
+    if not meta.is_file():
+        raise DataError(f"{meta}: not found; DATA_DIR must contain meta.csv "
+                        "(columns file,speaker,label)")
+    try:
+        with open(meta, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            raw = [{(k or "").strip(): (v or "") for k, v in r.items()} for r in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{meta}: not a readable CSV ({e})") from e
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise DataError(f"{meta}: missing column(s) {', '.join(missing)}; found "
+                        f"{', '.join(columns) or 'none'}; expected file,speaker,label")
+    if not raw:
+        raise DataError(f"{meta}: no rows")
+    groups = [c for c in columns if c not in REQUIRED_COLUMNS]
+    rows: list[Row] = []
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for line, r in enumerate(raw, start=2):
+        name, speaker = r["file"].strip(), r["speaker"].strip()
+        label = r["label"].strip().lower()
+        reason = None
+        if label not in LABELS:
+            reason = f"unknown label {label!r} (use bona-fide or spoof)"
+        elif not name:
+            reason = "empty file name"
+        elif name in seen:
+            reason = "duplicate file (an earlier row has it)"
+        elif not speaker:
+            reason = "empty speaker"
+        elif not (data_dir / name).is_file():
+            reason = "audio file not found"
+        seen.add(name)
+        if reason:
+            problems.append(Problem(line, name, reason))
+            continue
+        rows.append(Row(name, speaker, LABELS[label], str(data_dir / name), line,
+                        {g: r.get(g, "") for g in groups}))
+    return rows, problems, groups
+
+
+def read_splits(path: str | os.PathLike) -> dict[str, str]:
+    """file -> split name from a splits.csv (columns file,split)."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            if not {"file", "split"} <= set(reader.fieldnames or []):
+                raise DataError(f"{path}: needs columns file,split")
+            return {r["file"]: r["split"] for r in reader}
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: not a readable CSV ({e})") from e
