@@ -7,6 +7,7 @@ per-group metrics.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -199,6 +200,27 @@ def _cache_one(args: tuple[str, str, str]) -> tuple[str, str | None, int, str | 
     return path, str(target), int(feats.shape[0]), None
 
 
+@contextlib.contextmanager
+def process_pool(workers: int):
+    """A spawn pool whose processes use one BLAS/OpenMP thread each: the parallelism is
+    across files, and N processes x N threads would oversubscribe the cores."""
+    import multiprocessing as mp
+
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+             "NUMBA_NUM_THREADS")
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.update({k: "1" for k in names})
+    try:
+        with mp.get_context("spawn").Pool(workers) as pool:
+            yield pool
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def build_cache(paths: list[str], cfg: FeatureConfig, cache_root: str | os.PathLike,
                 workers: int, log=sys.stderr) -> dict[str, tuple[str | None, int, str | None]]:
     """Compute (or find) the features of every file in parallel worker processes.
@@ -206,8 +228,6 @@ def build_cache(paths: list[str], cfg: FeatureConfig, cache_root: str | os.PathL
     Returns path -> (cache file, windows, error). Files already cached (same content, same
     FeatureConfig) are only hashed.
     """
-    import multiprocessing as mp
-
     root = cache_dir_for(cache_root, cfg)
     jobs = [(p, cfg.to_json(), str(root)) for p in paths]
     out: dict[str, tuple[str | None, int, str | None]] = {}
@@ -230,22 +250,11 @@ def build_cache(paths: list[str], cfg: FeatureConfig, cache_root: str | os.PathL
             out[p] = (f, n, err)
             report(i)
     else:
-        # One BLAS thread per worker process: the parallelism is across files.
-        saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
-        os.environ.update({k: "1" for k in saved})
-        try:
-            with mp.get_context("spawn").Pool(workers) as pool:
-                for i, (p, f, n, err) in enumerate(
-                        pool.imap_unordered(_cache_one, jobs, chunksize=4), 1):
-                    out[p] = (f, n, err)
-                    report(i)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        with process_pool(workers) as pool:
+            for i, (p, f, n, err) in enumerate(
+                    pool.imap_unordered(_cache_one, jobs, chunksize=4), 1):
+                out[p] = (f, n, err)
+                report(i)
     if tty and jobs:
         log.write("\n")
     return out

@@ -176,11 +176,15 @@ def _pulses(f0: np.ndarray, amp: np.ndarray, rng, jitter: float, shimmer: float)
     """Glottal pulse train: one impulse per cycle, placed with sub-sample precision."""
     n = len(f0)
     out = np.zeros(n + 2)
-    t = 0.0
+    # Unvoiced samples (and the ramp into voicing, whose period would be huge) are skipped
+    # in one jump to the next voiced sample.
+    voiced = np.flatnonzero(f0 >= 40)
+    t = float(voiced[0]) if voiced.size else float(n)
     while t < n:
         i = int(t)
-        if f0[i] < 40:  # unvoiced (and the ramp into voicing, whose period would be huge)
-            t += 1.0
+        if f0[i] < 40:
+            k = np.searchsorted(voiced, i)
+            t = float(voiced[k]) if k < voiced.size else float(n)
             continue
         a = amp[i] * (1 + shimmer * rng.standard_normal())
         frac = t - i
@@ -235,7 +239,7 @@ def render_vocoder(plan: Plan, rng: np.random.Generator) -> np.ndarray:
     amp = _frame_to_samples(np.where(voiced_frames, np.maximum(plan.voice, 0.3), 0.0))
     excitation = _glottal(_pulses(f0, amp, rng, jitter=0.0, shimmer=0.0))
     unvoiced = ~voiced_frames & (plan.voice > 0)
-    excitation += _frame_to_samples(unvoiced * 1.0) * rng.standard_normal(len(excitation))
+    excitation += _frame_to_samples(unvoiced * 0.1) * rng.standard_normal(len(excitation))
     # Frame-stepped (10 ms), over-smoothed envelope: wider bandwidths.
     voiced = _tract(excitation, plan.formants, BANDWIDTHS * 1.8, hold=2)
     fric = _noise_band(rng.standard_normal(len(excitation)), plan.fric_hz,
@@ -244,12 +248,17 @@ def render_vocoder(plan: Plan, rng: np.random.Generator) -> np.ndarray:
 
 
 def render_griffinlim(audio: np.ndarray, n_iter: int = 32) -> np.ndarray:
+    """TTS-style copy-synthesis: keep only an 80-band mel spectrogram, then invert it (a
+    pseudo-inverse of the filterbank, then Griffin-Lim phase reconstruction)."""
     import librosa
 
-    mel = librosa.feature.melspectrogram(y=audio.astype(np.float32), sr=SR, n_fft=1024,
-                                         hop_length=256, n_mels=80)
-    out = librosa.feature.inverse.mel_to_audio(mel, sr=SR, n_fft=1024, hop_length=256,
-                                               n_iter=n_iter, length=len(audio))
+    n_fft, hop = 1024, 256
+    basis = librosa.filters.mel(sr=SR, n_fft=n_fft, n_mels=80)
+    mag = np.abs(librosa.stft(audio.astype(np.float32), n_fft=n_fft, hop_length=hop))
+    mel = basis @ mag ** 2
+    approx = np.sqrt(np.maximum(np.linalg.pinv(basis) @ mel, 0.0))
+    out = librosa.griffinlim(approx, n_iter=n_iter, hop_length=hop, n_fft=n_fft,
+                             length=len(audio), random_state=0)
     return out.astype(np.float64)
 
 
@@ -264,9 +273,11 @@ def finish(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     pad = [np.zeros(int(rng.uniform(0.05, 0.3) * SR)) for _ in range(2)]
     audio = np.concatenate([pad[0], audio, pad[1]])
     audio += 10 ** (rng.uniform(-70, -60) / 20) * rng.standard_normal(len(audio))
-    peak = np.abs(audio).max()
-    if peak > 0.95:  # a loud burst: turn the clip down rather than clip it
-        audio *= 0.95 / peak
+    # A soft knee above 0.9 keeps rare bursts under full scale without turning the whole
+    # clip down (which would make loudness differ between classes).
+    mag = np.abs(audio)
+    over = mag > 0.9
+    audio[over] = np.sign(audio[over]) * (0.9 + 0.05 * np.tanh((mag[over] - 0.9) / 0.05))
     return audio.astype(np.float32)
 
 
@@ -312,9 +323,9 @@ def build_corpus(out: str | os.PathLike, utterances: int = 200, speakers: int = 
              attacks[(i // speakers) % len(attacks)], seconds) for i in range(utterances)]
     rows: list[dict] = []
     if workers > 1:
-        import multiprocessing as mp
+        from trainer.data import process_pool
 
-        with mp.get_context("spawn").Pool(workers) as pool:
+        with process_pool(workers) as pool:
             for i, r in enumerate(pool.imap(_write_pair, jobs, chunksize=4), 1):
                 rows += r
                 if log and i % max(1, utterances // 10) == 0:
