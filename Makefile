@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.dfa-installed
 
-.PHONY: test test-runtime venv clean
+.PHONY: demo test edge-check venv clean
 
 venv: $(STAMP)
 
@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
 	touch $(STAMP)
 
+# The whole pipeline on a corpus made from code: corpus, train, export, detect, eval.
+demo: $(STAMP)
+	$(BIN)/python -m trainer.demo --out demo-out
+
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info demo-out

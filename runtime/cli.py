@@ -29,6 +29,11 @@ class Format(str, Enum):
     csv = "csv"
 
 
+class Aggregation(str, Enum):
+    mean = "mean"
+    max = "max"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -163,6 +168,10 @@ def detect(
                                            "model's calibrated decision threshold."),
     batch_size: int = typer.Option(16, min=1, help="Windows per inference batch "
                                    "(windows of consecutive files share batches)."),
+    aggregation: Aggregation | None = typer.Option(None, help="A file's score from its "
+                                                   "windows: mean (the model's default) or "
+                                                   "max (the most suspicious window, for "
+                                                   "fakes spliced into real speech)."),
     fmt: Format = typer.Option(Format.table, "--format", "-f", help="table, json (one JSON "
                                "object per line and file) or csv."),
     segments: bool = typer.Option(False, "--segments", help="Also print each window's "
@@ -178,7 +187,8 @@ def detect(
 
     try:
         detector = Detector(model, device=device.value, threads=threads,
-                            batch_size=batch_size, threshold=threshold)
+                            batch_size=batch_size, threshold=threshold,
+                            aggregation=aggregation.value if aggregation else None)
     except (ModelError, DeviceError) as e:
         raise fail("dfa-detect", str(e), debug=debug) from None
     for note in detector.notes:

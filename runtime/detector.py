@@ -14,6 +14,7 @@ import numpy as np
 from runtime.audio import AudioError
 from runtime.features import iter_windows, window_features
 from runtime.metadata import (
+    AGGREGATIONS,
     INPUT_NAME,
     OUTPUT_NAME,
     MetadataError,
@@ -124,7 +125,7 @@ class Detector:
 
     def __init__(self, model: str | os.PathLike, device: str = "auto",
                  threads: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                 threshold: float | None = None):
+                 threshold: float | None = None, aggregation: str | None = None):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if threshold is not None and not 0.0 <= threshold <= 1.0:
@@ -153,6 +154,9 @@ class Detector:
         self.features = self.metadata.features
         self.batch_size = batch_size
         self.threshold = self.metadata.threshold if threshold is None else float(threshold)
+        self.aggregation = aggregation or self.metadata.aggregation
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}")
 
     def _check_interface(self) -> None:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -240,7 +244,7 @@ class Detector:
         if job.error is not None:
             return FileResult(job.path, error=job.error, traceback=job.traceback)
         segments = sorted(job.segments, key=lambda s: s.start_s)
-        score = aggregate([s.score for s in segments], self.metadata.aggregation)
+        score = aggregate([s.score for s in segments], self.aggregation)
         return FileResult(
             path=job.path, score=score, label=self.metadata.label_for(score, self.threshold),
             duration_s=job.total / self.features.sample_rate, windows=len(segments),

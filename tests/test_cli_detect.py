@@ -173,3 +173,16 @@ def test_console_script_runs(probe_model, clips):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["path"] == clips["tone"]
+
+
+def test_aggregation_option(probe_model, tmp_path):
+    import numpy as np
+
+    path = af.write(tmp_path / "mixed.wav", np.concatenate([af.tone(4.0), af.noise(4.0)]),
+                    subtype="FLOAT")
+    mean = json.loads(run("-m", probe_model, "-f", "json", "--segments", path).stdout)
+    top = json.loads(run("-m", probe_model, "-f", "json", "--aggregation", "max",
+                         path).stdout)
+    windows = [s["score"] for s in mean["segments"]]
+    assert mean["score"] == pytest.approx(sum(windows) / len(windows), abs=1e-5)
+    assert top["score"] == pytest.approx(max(windows), abs=1e-5)
