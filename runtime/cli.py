@@ -145,6 +145,64 @@ class Writer:
                                          round(s.score, 6)])
 
 
+def stdin_lines(stream) -> Iterator:
+    """Lines of `stream`, with FLUSH whenever the next line is not already waiting.
+
+    Reads the file descriptor directly so Python's own buffering cannot hide waiting lines
+    from select(); a stream without one (tests) flushes after every line.
+    """
+    import select
+
+    from runtime.detector import FLUSH
+
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        for line in stream:
+            yield line.rstrip("\r\n")
+            yield FLUSH
+        return
+    pending = b""
+    while True:
+        while b"\n" not in pending:
+            if not select.select([fd], [], [], 0)[0]:
+                yield FLUSH  # nothing waiting: score what we have before blocking
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                if pending:
+                    yield pending.decode(errors="replace").rstrip("\r")
+                return
+            pending += chunk
+        line, pending = pending.split(b"\n", 1)
+        yield line.decode(errors="replace").rstrip("\r")
+
+
+def serve_stdin(detector, writer, debug: bool, stream=None) -> int:
+    """--stdin: score paths as they arrive; returns the number of failed inputs.
+
+    A directory line stands for the audio files under it; one with none is passed on as
+    itself and fails as "is a directory".
+    """
+    from runtime.detector import FLUSH
+
+    def paths():
+        for line in stdin_lines(stream or sys.stdin):
+            if line is FLUSH:
+                yield FLUSH
+            elif line.strip():
+                for p, _ in expand_inputs([Path(line.strip())]):
+                    yield p
+
+    failed = 0
+    for r in detector.score(paths()):
+        writer.write(r)
+        if not r.ok:
+            failed += 1
+            if debug and r.traceback:
+                sys.stderr.write(r.traceback)
+    return failed
+
+
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
@@ -156,8 +214,8 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     epilog=EXIT_CODES_HELP,
 )
 def detect(
-    paths: list[Path] = typer.Argument(..., help="Audio files or directories.",
-                                       show_default=False),
+    paths: list[Path] | None = typer.Argument(None, help="Audio files or directories.",
+                                              show_default=False),
     model: Path = typer.Option(Path("model.onnx"), "--model", "-m", envvar="DFA_MODEL",
                                help="dfa ONNX model (default: $DFA_MODEL, else ./model.onnx)."),
     device: Device = typer.Option(Device.auto, help="cpu, cuda (fails plainly if onnxruntime "
@@ -179,11 +237,20 @@ def detect(
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress on "
                                          "stderr (default: when stderr is a terminal and there "
                                          "are several files)."),
+    stdin: bool = typer.Option(False, "--stdin", help="Stay running: read paths from "
+                               "stdin, one per line, and write one JSON line per result as "
+                               "soon as it is scored (start-up is paid once)."),
     debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
 ) -> None:
     from runtime.detector import Detector, DeviceError, FileResult, ModelError
+
+    if stdin and paths:
+        raise fail("dfa-detect", "give PATHs or --stdin, not both")
+    if not stdin and not paths:
+        raise fail("dfa-detect", "missing PATH...: give audio files or directories, or "
+                   "--stdin; see --help")
 
     try:
         detector = Detector(model, device=device.value, threads=threads,
@@ -193,6 +260,13 @@ def detect(
         raise fail("dfa-detect", str(e), debug=debug) from None
     for note in detector.notes:
         typer.echo(f"dfa-detect: note: {note}", err=True)
+
+    if stdin:
+        failed = serve_stdin(detector, Writer(Format.json, segments), debug)
+        if failed:
+            typer.echo(f"dfa-detect: {failed} inputs failed", err=True)
+            raise typer.Exit(EXIT_FAILED)
+        return
 
     inputs = list(expand_inputs(paths))
     show = progress if progress is not None else (sys.stderr.isatty() and len(inputs) > 1)

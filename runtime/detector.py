@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import traceback
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -25,6 +27,7 @@ from runtime.metadata import (
 
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_BATCH_SIZE = 16
+FLUSH = object()  # in Detector.score's paths: score what is pending now
 
 
 class ModelError(Exception):
@@ -195,38 +198,99 @@ class Detector:
     def score_file(self, path: str | os.PathLike) -> FileResult:
         return next(iter(self.score([path])))
 
-    def score(self, paths: Iterable[str | os.PathLike]) -> Iterator[FileResult]:
-        """One FileResult per path, in input order. Windows of consecutive files share
-        batches; a file that fails gets its error and the others go on."""
-        cfg = self.features
-        queue: deque[_Job] = deque()
+    def score(self, paths: Iterable) -> Iterator[FileResult]:
+        """One FileResult per path, in input order; a file that fails gets its error and
+        the others go on.
+
+        Decoding and features run in a producer thread while onnxruntime scores the
+        previous batch (both release the GIL), and windows of consecutive files share
+        batches. A FLUSH item in `paths` scores what is pending at once (for callers whose
+        next path may be slow to come, like a watcher on stdin).
+        """
+        events: queue.Queue = queue.Queue(maxsize=max(8, 2 * self.batch_size))
+        stop = threading.Event()
+        producer = threading.Thread(target=self._produce, args=(paths, events, stop),
+                                    name="dfa-features", daemon=True)
+        producer.start()
+        jobs: deque[_Job] = deque()
         batch: list[np.ndarray] = []
         owners: list[tuple[_Job, int, int]] = []
-        for path in paths:
-            job = _Job(str(path))
-            queue.append(job)
-            try:
-                for w in iter_windows(path, cfg):
-                    batch.append(window_features(w.audio, cfg))
-                    owners.append((job, w.start, w.end))
+        try:
+            while True:
+                kind, *item = events.get()
+                if kind == "window":
+                    job, start, end, feats = item
+                    batch.append(feats)
+                    owners.append((job, start, end))
                     job.outstanding += 1
-                    job.total = max(job.total, w.end)
-                    if len(batch) >= self.batch_size:
-                        self._run(batch, owners)
-                        batch, owners = [], []
-                        yield from self._finished(queue)
-            except AudioError as e:
-                job.error = str(e)
-            except MemoryError:
-                job.error = "out of memory while decoding; free memory or split the file"
-            except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
-                job.error = f"internal error ({type(e).__name__}: {e}); rerun with --debug"
-                job.traceback = traceback.format_exc()
-            job.read = True
-            yield from self._finished(queue)
-        if batch:
-            self._run(batch, owners)
-        yield from self._finished(queue)
+                    job.total = max(job.total, end)
+                    if len(batch) < self.batch_size:
+                        continue
+                elif kind == "start":
+                    jobs.append(item[0])
+                    continue
+                elif kind == "end":
+                    item[0].read = True
+                elif kind == "failed":  # iterating `paths` itself raised
+                    raise item[0]
+                elif kind == "done":
+                    break
+                if batch and kind in ("window", "flush"):
+                    self._run(batch, owners)
+                    batch, owners = [], []
+                yield from self._finished(jobs)
+            if batch:
+                self._run(batch, owners)
+            yield from self._finished(jobs)
+        finally:
+            stop.set()
+            while producer.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    events.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+
+    def _produce(self, paths: Iterable, events: queue.Queue, stop: threading.Event) -> None:
+        """Producer thread: paths -> (start, window..., end) events, features computed."""
+        cfg = self.features
+
+        def put(event) -> bool:
+            while not stop.is_set():
+                try:
+                    events.put(event, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            for path in paths:
+                if stop.is_set():
+                    return
+                if path is FLUSH:
+                    put(("flush",))
+                    continue
+                job = _Job(str(path))
+                if not put(("start", job)):
+                    return
+                try:
+                    for w in iter_windows(path, cfg):
+                        if not put(("window", job, w.start, w.end,
+                                    window_features(w.audio, cfg))):
+                            return
+                except AudioError as e:
+                    job.error = str(e)
+                except MemoryError:
+                    job.error = "out of memory while decoding; free memory or split the file"
+                except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
+                    job.error = f"internal error ({type(e).__name__}: {e}); rerun with --debug"
+                    job.traceback = traceback.format_exc()
+                if not put(("end", job)):
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises
+            put(("failed", e))
+            return
+        put(("done",))
 
     def _run(self, batch: list[np.ndarray], owners: list[tuple[_Job, int, int]]) -> None:
         scores = self.predict(np.stack(batch))

@@ -238,8 +238,89 @@ def iter_windows(path: str | os.PathLike, cfg: FeatureConfig) -> Iterator[Window
     yield from windower.finish()
 
 
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (librosa's default, htk=False): linear below 1 kHz, log above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+    mels = hz / f_sp
+    log = hz >= min_log_hz
+    mels[log] = min_log_mel + np.log(hz[log] / min_log_hz) / logstep
+    return mels
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    mels = np.asarray(mels, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+    hz = f_sp * mels
+    log = mels >= min_log_mel
+    hz[log] = min_log_hz * np.exp(logstep * (mels[log] - min_log_mel))
+    return hz
+
+
+@functools.lru_cache(maxsize=16)
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float,
+                   fmax: float | None) -> np.ndarray:
+    """(n_mels, n_fft // 2 + 1) float32: librosa.filters.mel(htk=False, norm="slaney")."""
+    fmax = sample_rate / 2 if fmax is None else fmax
+    fft_hz = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    mel_hz = _mel_to_hz(np.linspace(_hz_to_mel(np.array([fmin]))[0],
+                                    _hz_to_mel(np.array([fmax]))[0], n_mels + 2))
+    fdiff = np.diff(mel_hz)
+    ramps = np.subtract.outer(mel_hz, fft_hz)
+    weights = np.zeros((n_mels, fft_hz.size), dtype=np.float32)
+    for i in range(n_mels):
+        lower = -ramps[i] / fdiff[i]
+        upper = ramps[i + 2] / fdiff[i + 1]
+        weights[i] = np.maximum(0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_hz[2: n_mels + 2] - mel_hz[:n_mels]))[:, None]
+    return weights
+
+
+@functools.lru_cache(maxsize=16)
+def _hann(n: int) -> np.ndarray:
+    """Periodic Hann window in float64 (scipy.signal.get_window("hann", n), as librosa)."""
+    return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)
+
+
+def mel_power(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """Mel power spectrogram (n_mels, frames), float32, in numpy: the same numbers as
+    librosa.feature.melspectrogram(center=True, pad_mode="constant", window="hann",
+    power=2, htk=False, norm="slaney"), without importing librosa (its import and JIT cost
+    seconds at start-up). tests/test_features.py proves the two equal."""
+    y = np.ascontiguousarray(audio, dtype=np.float32)
+    pad = cfg.n_fft // 2
+    y = np.pad(y, (pad, pad))
+    frames = np.lib.stride_tricks.sliding_window_view(y, cfg.n_fft)[:: cfg.hop_length]
+    # As librosa.stft: the float64 window promotes the frames, the FFT runs in double
+    # precision and is stored as complex64; |.|**2 then in float32. Quiet bins far below
+    # the peak would otherwise carry a float32 FFT's rounding into their dB values.
+    spectrum = np.fft.rfft(frames * _hann(cfg.n_fft), axis=1).astype(np.complex64)
+    power = np.abs(spectrum) ** 2
+    basis = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
+    return basis @ power.T
+
+
+def power_to_db(power: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """librosa.power_to_db(power, ref=np.max or the number, amin=1e-10, top_db)."""
+    amin = 1e-10
+    ref = float(power.max()) if cfg.db_ref == "max" else float(cfg.db_ref)
+    db = 10.0 * np.log10(np.maximum(amin, power))
+    db -= 10.0 * np.log10(max(amin, ref))
+    if cfg.top_db is not None:
+        db = np.maximum(db, db.max() - cfg.top_db)
+    return db.astype(np.float32, copy=False)
+
+
 def mel_db(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
-    """librosa mel power spectrogram in dB, shape (n_mels, frames), float32."""
+    """Mel power spectrogram in dB, shape (n_mels, frames), float32."""
+    return power_to_db(mel_power(audio, cfg), cfg)
+
+
+def mel_db_librosa(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """The reference: the same computation through librosa itself. Not used on the hot
+    path; tests (and anyone in doubt) compare mel_db against it."""
     import librosa
 
     power = librosa.feature.melspectrogram(
@@ -270,9 +351,11 @@ def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 
 def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    rows = resize_matrix(image.shape[0], height)
-    cols = resize_matrix(image.shape[1], width)
-    return rows @ image @ cols.T
+    if image.shape[0] != height:
+        image = resize_matrix(image.shape[0], height) @ image
+    if image.shape[1] != width:  # the default window already has exactly `width` frames
+        image = image @ resize_matrix(image.shape[1], width).T
+    return image
 
 
 def normalize(image: np.ndarray, mode: str) -> np.ndarray:
@@ -286,9 +369,12 @@ def normalize(image: np.ndarray, mode: str) -> np.ndarray:
     return image
 
 
-def window_features(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
-    """One window of audio -> the model input for it, float32 of shape (1, H, W)."""
-    image = resize(mel_db(audio, cfg), cfg.image_height, cfg.image_width)
+def window_features(audio: np.ndarray, cfg: FeatureConfig, reference: bool = False
+                    ) -> np.ndarray:
+    """One window of audio -> the model input for it, float32 of shape (1, H, W).
+    reference=True computes the mel spectrogram with librosa itself (slow start-up)."""
+    mel = mel_db_librosa(audio, cfg) if reference else mel_db(audio, cfg)
+    image = resize(mel, cfg.image_height, cfg.image_width)
     return normalize(image, cfg.normalize).astype(np.float32, copy=False)[None]
 
 

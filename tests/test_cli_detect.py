@@ -151,12 +151,15 @@ FRESH = textwrap.dedent("""
         main()
     except SystemExit as e:
         code = e.code
-    heavy = [m for m in ("torch", "timm", "onnx", "torchvision") if m in sys.modules]
+    heavy = [m for m in ("torch", "timm", "onnx", "torchvision", "librosa", "numba",
+                         "sklearn") if m in sys.modules]
     print("EXIT", code, "HEAVY", heavy)
 """)
 
 
-def test_dfa_detect_never_imports_torch_timm_or_onnx(probe_model, clips):
+def test_dfa_detect_never_imports_torch_timm_onnx_or_librosa(probe_model, clips):
+    # librosa is the features' definition, not their implementation on the hot path: its
+    # import (numba, scipy) would cost seconds of start-up.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-c", FRESH, probe_model, clips["noise"]],
                          capture_output=True, text=True, env=env, timeout=120)
@@ -186,3 +189,43 @@ def test_aggregation_option(probe_model, tmp_path):
     windows = [s["score"] for s in mean["segments"]]
     assert mean["score"] == pytest.approx(sum(windows) / len(windows), abs=1e-5)
     assert top["score"] == pytest.approx(max(windows), abs=1e-5)
+
+
+def test_stdin_mode_json_lines_in_order(probe_model, clips, tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"nope" * 100)
+    text = f"{clips['tone']}\n\n{bad}\n{clips['noise']}\n"
+    r = runner.invoke(app, ["-m", probe_model, "--stdin"], input=text)
+    assert r.exit_code == 1
+    objs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [o["path"] for o in objs] == [clips["tone"], str(bad), clips["noise"]]
+    assert objs[1]["error"].startswith("not decodable audio")
+    assert objs[0]["label"] == "bona-fide" and objs[2]["label"] == "spoof"
+    assert "1 inputs failed" in r.stderr
+
+
+def test_stdin_mode_refuses_paths_too(probe_model, clips):
+    r = runner.invoke(app, ["-m", probe_model, "--stdin", clips["tone"]])
+    assert r.exit_code == 2 and "not both" in r.stderr
+
+
+def test_stdin_mode_answers_each_path_before_the_next_arrives(probe_model, clips):
+    """A watcher writes one path and must get its line back while the process stays up."""
+    import select
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from runtime.cli import main; main()", "-m", probe_model,
+         "--stdin"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, bufsize=1)
+    try:
+        for path in (clips["tone"], clips["noise"]):
+            proc.stdin.write(path + "\n")
+            proc.stdin.flush()
+            ready, _, _ = select.select([proc.stdout], [], [], 60)
+            assert ready, "no answer within 60 s"
+            assert json.loads(proc.stdout.readline())["path"] == path
+        assert proc.poll() is None  # still running, waiting for more
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()

@@ -536,7 +536,6 @@ def _run(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log, torch)
 
 def finish(cfg, out, dist, log, model, by_split, arch_name, arch_kwargs, fcfg, best) -> int:
     """Best model -> calibrated threshold on val -> test report and outputs."""
-    import timm
     import torch
 
     state = torch.load(out / "model.pth", map_location="cpu", weights_only=True)
@@ -547,8 +546,19 @@ def finish(cfg, out, dist, log, model, by_split, arch_name, arch_kwargs, fcfg, b
         scores[name], _ = score_files(model, part["cache"].tolist(),
                                       part["label"].astype(int).tolist(), dist,
                                       cfg.batch_size * 2, cfg.amp, cfg.aggregation)
-    if not dist.main:
-        return 0
+    if dist.main:
+        report(cfg, out, log, model, by_split, scores, arch_name, arch_kwargs, fcfg, best)
+    # Every rank leaves together: a rank that tears down its process group while rank 0
+    # still writes can abort the whole job at exit.
+    dist.barrier()
+    return 0
+
+
+def report(cfg, out, log, model, by_split, scores, arch_name, arch_kwargs, fcfg, best):
+    """Rank 0: calibrate on val, report on test, write every output file."""
+    import timm
+    import torch
+
     val, test = by_split["val"], by_split["test"]
     if cfg.target_fpr is not None:
         threshold = M.threshold_at_fpr(val["label"], scores["val"], cfg.target_fpr)
@@ -588,7 +598,6 @@ def finish(cfg, out, dist, log, model, by_split, arch_name, arch_kwargs, fcfg, b
     atomic_write_text(out / "model.json", metadata.to_json())
     _set_status(out, cfg, "done")
     log.result(format_summary(out, cfg, best, threshold, source, test_summary, groups))
-    return 0
 
 
 def format_summary(out, cfg, best, threshold, source, test, groups) -> str:

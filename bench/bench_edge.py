@@ -1,0 +1,209 @@
+"""Edge speed, in one run: cold start, folder throughput against the model-only ceiling,
+the stdin mode's per-file latency, memory on a one-hour file, and threads x batch.
+
+    .venv/bin/python bench/bench_edge.py [--files 500] [--hour] [--repeat 5]
+
+Models are freshly initialised Res2Nets exported as dfa-export does (the edge preset as
+int8, res2net50 as fp32); weights do not change speed. Cold start runs `dfa-detect` in a
+fresh process on one 4 s clip (median wall time and peak RSS of --repeat runs). Folder
+throughput scores --files clips in one process with Detector.score (decode and features
+in the producer thread, onnxruntime in the caller) and compares windows/s with
+onnxruntime alone on the same windows at the same batch and threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import machine, run_measured  # noqa: E402
+
+
+def build_models(tmp: Path, calib_paths: list[str]) -> dict[str, Path]:
+    import torch
+
+    from export.onnx import to_onnx
+    from export.quantize import quantize_int8
+    from runtime.features import FeatureConfig, file_features
+    from runtime.metadata import ModelMetadata
+    from trainer.model import create_model, resolve_arch
+
+    cfg = FeatureConfig()
+    calib = np.concatenate([file_features(p, cfg).features for p in calib_paths])
+    out = {}
+    for preset in ("edge", "res2net50"):
+        arch, kwargs = resolve_arch(preset)
+        torch.manual_seed(0)
+        model = create_model(arch, kwargs).eval()
+        fp32 = tmp / f"{preset}.onnx"
+        to_onnx(model, ModelMetadata(arch=arch, arch_kwargs=kwargs, features=cfg), fp32)
+        int8 = tmp / f"{preset}.int8.onnx"
+        quantize_int8(fp32, int8, calib)
+        out[f"{preset} fp32"], out[f"{preset} int8"] = fp32, int8
+    return out
+
+
+def make_clips(folder: Path, n: int, distinct: int = 50) -> list[str]:
+    """n files of 1.5-4 s speech-like audio (distinct clips, then copies)."""
+    import soundfile as sf
+
+    from trainer.synth import SR, make_speakers, utterance
+
+    speakers = make_speakers(8)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = folder / f"{i:04d}.wav"
+        if i < distinct:
+            sf.write(p, utterance(speakers[i % 8], i, "vocoder" if i % 2 else None), SR,
+                     subtype="PCM_16")
+        else:
+            shutil.copy(folder / f"{i % distinct:04d}.wav", p)
+        paths.append(str(p))
+    return paths
+
+
+def model_only(model: Path, windows: np.ndarray, batch: int, threads: int) -> float:
+    """windows/s of onnxruntime alone on precomputed windows."""
+    from runtime.detector import Detector
+
+    det = Detector(model, device="cpu", threads=threads, batch_size=batch)
+    det.predict(windows[:batch])
+    t = time.perf_counter()
+    for i in range(0, len(windows), batch):
+        det.predict(windows[i: i + batch])
+    return len(windows) / (time.perf_counter() - t)
+
+
+def pipeline(model: Path, paths: list[str], batch: int, threads: int) -> tuple[float, int]:
+    """windows/s of Detector.score over the files (decode + features + model)."""
+    from runtime.detector import Detector
+
+    det = Detector(model, device="cpu", threads=threads, batch_size=batch)
+    list(det.score(paths[:4]))  # warm: first-call costs are start-up, measured elsewhere
+    t = time.perf_counter()
+    n = sum(r.windows for r in det.score(paths))
+    return n / (time.perf_counter() - t), n
+
+
+def stdin_latency(exe: str, model: Path, paths: list[str]) -> list[float]:
+    proc = subprocess.Popen([exe, "-m", str(model), "--stdin"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            bufsize=1)
+    lat = []
+    try:
+        for p in paths:
+            t = time.perf_counter()
+            proc.stdin.write(p + "\n")
+            proc.stdin.flush()
+            select.select([proc.stdout], [], [], 120)
+            json.loads(proc.stdout.readline())
+            lat.append((time.perf_counter() - t) * 1000)
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    return lat
+
+
+def write_hour(path: Path) -> None:
+    import soundfile as sf
+
+    from trainer.synth import SR, make_speakers, utterance
+
+    speakers = make_speakers(4)
+    pieces = [utterance(speakers[i % 4], 500 + i, None if i % 3 else "vocoder")
+              for i in range(40)]
+    with sf.SoundFile(str(path), "w", SR, 1, "PCM_16") as f:
+        written, i = 0, 0
+        while written < 3600 * SR:
+            f.write(pieces[i % len(pieces)])
+            written += len(pieces[i % len(pieces)])
+            i += 1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--files", type=int, default=500)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--hour", action="store_true")
+    args = ap.parse_args()
+    exe = str(Path(sys.executable).with_name("dfa-detect"))
+    from runtime.features import FeatureConfig, file_features
+
+    with tempfile.TemporaryDirectory(prefix="dfa-edge-") as tmp:
+        tmp = Path(tmp)
+        paths = make_clips(tmp / "clips", args.files)
+        models = build_models(tmp, paths[:24])
+        one = paths[0]
+        cfg = FeatureConfig()
+        print(f"# bench_edge ({machine()}), {args.files} files")
+
+        print("\n## Cold start: dfa-detect on one 4 s clip, fresh process "
+              f"(median of {args.repeat})\n")
+        print("| model | size MB | wall s | peak RSS MB |")
+        print("|---|---|---|---|")
+        for name in ("edge int8", "res2net50 fp32"):
+            runs = [run_measured([exe, "-m", str(models[name]), one])
+                    for _ in range(args.repeat)]
+            print(f"| {name} | {models[name].stat().st_size / 1e6:.1f} | "
+                  f"{statistics.median(r['wall_s'] for r in runs):.2f} | "
+                  f"{statistics.median(r['peak_rss_mb'] for r in runs):.0f} |", flush=True)
+
+        windows = np.concatenate([file_features(p, cfg).features for p in paths[:50]])
+        windows = np.concatenate([windows] * 4)
+        print("\n## Threads and batch: model alone vs the whole pipeline (windows/s)\n")
+        print("| model | threads | batch | model alone | pipeline | pipeline / model |")
+        print("|---|---|---|---|---|---|")
+        cores = os.cpu_count() or 1
+        for name in ("edge int8", "res2net50 int8"):
+            for threads in sorted({1, cores}):
+                for batch in (1, 8, 16):
+                    ceiling = model_only(models[name], windows, batch, threads)
+                    rate, _ = pipeline(models[name], paths[:200], batch, threads)
+                    print(f"| {name} | {threads} | {batch} | {ceiling:.1f} | {rate:.1f} | "
+                          f"{rate / ceiling:.2f} |", flush=True)
+
+        print(f"\n## Folder: {args.files} files, defaults (batch 16, default threads)\n")
+        print("| model | model alone windows/s | pipeline windows/s | ratio | windows |")
+        print("|---|---|---|---|---|")
+        for name in ("edge int8", "res2net50 int8"):
+            ceiling = model_only(models[name], windows, 16, None)
+            rate, n = pipeline(models[name], paths, 16, None)
+            print(f"| {name} | {ceiling:.1f} | {rate:.1f} | {rate / ceiling:.2f} | {n} |",
+                  flush=True)
+
+        print("\n## stdin mode: per-file latency (one path written, its line read back)\n")
+        print("| model | median ms | p90 ms | files |")
+        print("|---|---|---|---|")
+        for name in ("edge int8", "res2net50 fp32"):
+            lat = stdin_latency(exe, models[name], paths[:30])[5:]  # after warm-up
+            print(f"| {name} | {statistics.median(lat):.1f} | "
+                  f"{np.percentile(lat, 90):.1f} | {len(lat)} |", flush=True)
+
+        if args.hour:
+            hour = tmp / "hour.wav"
+            write_hour(hour)
+            print("\n## One-hour 16 kHz file: dfa-detect in a fresh process\n")
+            print("| model | wall s | peak RSS MB |")
+            print("|---|---|---|")
+            for name in ("edge int8", "res2net50 fp32"):
+                r = run_measured([exe, "-m", str(models[name]), str(hour)])
+                print(f"| {name} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
