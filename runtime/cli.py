@@ -221,11 +221,12 @@ def detect(
     device: Device = typer.Option(Device.auto, help="cpu, cuda (fails plainly if onnxruntime "
                                   "cannot run on CUDA) or auto (CUDA when it works)."),
     threads: int | None = typer.Option(None, min=1, help="onnxruntime intra-op threads "
-                                       "(default: onnxruntime's choice, one per core)."),
+                                       "(default on CPU: one per core)."),
     threshold: float | None = typer.Option(None, min=0.0, max=1.0, help="Override the "
                                            "model's calibrated decision threshold."),
-    batch_size: int = typer.Option(16, min=1, help="Windows per inference batch "
-                                   "(windows of consecutive files share batches)."),
+    batch_size: int | None = typer.Option(None, min=1, help="Windows per inference batch; "
+                                          "windows of consecutive files share batches "
+                                          "(default: 4 on CPU, 32 on CUDA)."),
     aggregation: Aggregation | None = typer.Option(None, help="A file's score from its "
                                                    "windows: mean (the model's default) or "
                                                    "max (the most suspicious window, for "
@@ -325,7 +326,7 @@ def evaluate_cmd(
     fmt: EvalFormat = typer.Option(EvalFormat.table, "--format", "-f"),
     device: Device = typer.Option(Device.auto),
     threads: int | None = typer.Option(None, min=1),
-    batch_size: int = typer.Option(16, min=1),
+    batch_size: int | None = typer.Option(None, min=1),
     progress: bool | None = typer.Option(None, "--progress/--no-progress"),
     debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True),
@@ -390,6 +391,10 @@ def eval_main() -> None:
 
 
 def app_main(application) -> None:
+    # numpy's BLAS is used for small matrices here; its own threads would only compete with
+    # onnxruntime's (set before numpy is first imported; a user's setting wins).
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     # A reader that stops early (dfa-detect ... | head) should not cause a traceback.
     try:
         application()

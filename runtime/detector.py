@@ -26,7 +26,19 @@ from runtime.metadata import (
 )
 
 DEVICES = ("auto", "cpu", "cuda")
-DEFAULT_BATCH_SIZE = 16
+# Chosen by measurement (BENCHMARKS.md, bench/bench_edge.py): on CPU, batches beyond 4
+# windows gain under 3% while res2net50's activations at batch 16 take 250 MB more; a GPU
+# wants larger batches.
+DEFAULT_BATCH_CPU, DEFAULT_BATCH_CUDA = 4, 32
+
+
+def default_threads() -> int:
+    """onnxruntime intra-op threads on CPU: every core. Idle onnxruntime threads do not
+    spin (open_session), so the feature thread still gets its share; measured on 2 cores,
+    2 threads beat 1 for both presets (BENCHMARKS.md)."""
+    return max(1, os.cpu_count() or 1)
+
+
 FLUSH = object()  # in Detector.score's paths: score what is pending now
 
 
@@ -94,6 +106,9 @@ def open_session(path, providers: list, threads: int | None = None):
     if threads:
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Idle onnxruntime threads would otherwise spin and starve the thread that decodes and
+    # computes features for the next batch (measured: 402 vs 249 windows/s, BENCHMARKS.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as e:  # noqa: BLE001 - InvalidProtobuf, Fail, NoSuchFile, ...
@@ -127,16 +142,18 @@ class Detector:
     """
 
     def __init__(self, model: str | os.PathLike, device: str = "auto",
-                 threads: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 threads: int | None = None, batch_size: int | None = None,
                  threshold: float | None = None, aggregation: str | None = None):
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         self.model_path = Path(model)
         self.notes: list[str] = []  # things the user should know (e.g. auto fell back to CPU)
         providers = _providers(device)
-        self.session = open_session(self.model_path, providers, threads)
+        on_cpu = providers[0] == "CPUExecutionProvider"
+        self.threads = threads or (default_threads() if on_cpu else None)
+        self.session = open_session(self.model_path, providers, self.threads)
         active = self.session.get_providers()
         if providers[0] == "CUDAExecutionProvider" and active[0] != "CUDAExecutionProvider":
             if device == "cuda":
@@ -155,7 +172,8 @@ class Detector:
             raise ModelError(f"{self.model_path}: {e}") from e
         self._check_interface()
         self.features = self.metadata.features
-        self.batch_size = batch_size
+        self.batch_size = batch_size or (DEFAULT_BATCH_CPU if self.device == "cpu"
+                                         else DEFAULT_BATCH_CUDA)
         self.threshold = self.metadata.threshold if threshold is None else float(threshold)
         self.aggregation = aggregation or self.metadata.aggregation
         if self.aggregation not in AGGREGATIONS:
