@@ -9,8 +9,7 @@ from pathlib import Path
 
 import typer
 
-from runtime import __version__
-from runtime.cli import fail
+from runtime.cli import DEBUG_OPTION, VERSION_OPTION, fail, needs_train_extra
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 written and every check passed; 1 a check failed (torch and onnxruntime "
@@ -23,11 +22,6 @@ class Quantize(str, Enum):
     none = "none"
     int8 = "int8"
 
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"dfa {__version__}")
-        raise typer.Exit()
 
 
 def say(msg: str) -> None:
@@ -66,16 +60,14 @@ def export(
                                         "when fewer labels than this agree with float."),
     force: bool = typer.Option(False, "--force", help="Write the int8 model even under "
                                "--min-agreement."),
-    debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Print the version and exit."),
+    debug: bool = DEBUG_OPTION,
+    version: bool = VERSION_OPTION,
 ) -> None:
     try:
         from export.onnx import ExportError, check_writable, load_trained, to_onnx
         from export.verify import audio_files, verify
     except ModuleNotFoundError as e:
-        raise fail("dfa-export", f"{e.name} is not installed; install the training extra: "
-                   "pip install 'dfa[train]'") from None
+        raise needs_train_extra("dfa-export", e) from None
     int8 = quantize is Quantize.int8
     if int8 and calibration is None:
         raise fail("dfa-export", "--quantize int8 needs --calibration DATA_DIR (real audio to "

@@ -46,6 +46,17 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+# Options every dfa command shares.
+VERSION_OPTION = typer.Option(False, "--version", callback=_version, is_eager=True,
+                              help="Print the version and exit.")
+DEBUG_OPTION = typer.Option(False, "--debug", help="Show Python tracebacks.")
+
+
+def needs_train_extra(prog: str, error: ModuleNotFoundError) -> typer.Exit:
+    return fail(prog, f"{error.name} is not installed; install the training extra: "
+                "pip install 'dfa[train]'")
+
+
 def fail(prog: str, message: str, code: int = EXIT_USAGE, debug: bool = False) -> typer.Exit:
     if debug:
         traceback.print_exc()
@@ -241,9 +252,8 @@ def detect(
     stdin: bool = typer.Option(False, "--stdin", help="Stay running: read paths from "
                                "stdin, one per line, and write one JSON line per result as "
                                "soon as it is scored (start-up is paid once)."),
-    debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Print the version and exit."),
+    debug: bool = DEBUG_OPTION,
+    version: bool = VERSION_OPTION,
 ) -> None:
     from runtime.detector import Detector, DeviceError, FileResult, ModelError
 
@@ -328,8 +338,8 @@ def evaluate_cmd(
     threads: int | None = typer.Option(None, min=1),
     batch_size: int | None = typer.Option(None, min=1),
     progress: bool | None = typer.Option(None, "--progress/--no-progress"),
-    debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True),
+    debug: bool = DEBUG_OPTION,
+    version: bool = VERSION_OPTION,
 ) -> None:
     from runtime.dataset import DataError
     from runtime.detector import Detector, DeviceError, ModelError

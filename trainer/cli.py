@@ -10,8 +10,7 @@ from pathlib import Path
 
 import typer
 
-from runtime import __version__
-from runtime.cli import fail
+from runtime.cli import DEBUG_OPTION, VERSION_OPTION, Device, fail, needs_train_extra
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 trained and reported; 2 bad data or usage (nothing trained; the message "
@@ -24,21 +23,10 @@ class Split(str, Enum):
     speaker = "speaker"
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
 class Scheduler(str, Enum):
     none = "none"
     cosine = "cosine"
 
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"dfa {__version__}")
-        raise typer.Exit()
 
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -87,16 +75,14 @@ def train(
                                     "features: each clip resized whole to 224x224."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this "
                                        "folder after its last completed epoch."),
-    debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Print the version and exit."),
+    debug: bool = DEBUG_OPTION,
+    version: bool = VERSION_OPTION,
 ) -> None:
     try:
         from trainer.data import DataError
         from trainer.train import TrainConfig, default_cache_dir, default_workers, run
     except ModuleNotFoundError as e:
-        raise fail("dfa-train", f"{e.name} is not installed; install the training extra: "
-                   "pip install 'dfa[train]'") from None
+        raise needs_train_extra("dfa-train", e) from None
     from runtime.features import FeatureConfig
 
     if resume is not None:
