@@ -603,8 +603,9 @@ def report(cfg, out, log, model, by_split, scores, arch_name, arch_kwargs, fcfg,
 def format_summary(out, cfg, best, threshold, source, test, groups) -> str:
     lines = [
         f"dfa-train summary: {out}",
-        f"  arch            {cfg.arch}   split {cfg.split}   best epoch {best['epoch']}"
-        f"/{cfg.epochs}",
+        f"  arch            {cfg.arch}   split "
+        f"{cfg.split if not cfg.splits_file else 'from ' + cfg.splits_file}   "
+        f"best epoch {best['epoch']}/{cfg.epochs}",
         f"  threshold       {threshold:.4f} ({source})",
         "  test split:",
         *M.format_report(test, groups, indent="    "),
