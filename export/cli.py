@@ -115,28 +115,26 @@ def _int8(fp32: Path, out: Path, metadata, data: Path, n_cal: int, n_agree: int,
         quantize_int8,
         set_metadata,
     )
+    from runtime.dataset import DataError
 
-    files = dataset_files(data)
+    try:
+        files = dataset_files(data)
+    except DataError as e:
+        raise fail("dfa-export", f"--calibration: {e}") from None
     if not files.paths:
         raise fail("dfa-export", f"{data}: no audio files to calibrate on")
-    cal, rest = files.paths[:n_cal], files.paths[n_cal:]
-    if not rest:  # a small folder: check on the calibration files themselves
-        rest, rest_labels = files.paths, files.labels
-    else:
-        rest_labels = files.labels[n_cal:] if files.labels is not None else None
-    say(f"dfa-export: calibrating int8 on {len(cal)} files of {data}")
-    windows = calibration_windows(cal, metadata)
+    cal, rest = files.split(n_cal)
+    say(f"dfa-export: calibrating int8 on {len(cal.paths)} files of {data}")
+    windows = calibration_windows(cal.paths, metadata)
     quantize_int8(fp32, out, windows)
-    from export.quantize import LabelledFiles
-
-    say(f"dfa-export: comparing int8 with float on {min(n_agree, len(rest))} files")
-    agree = agreement(fp32, out, LabelledFiles(rest, rest_labels), n_agree)
+    say(f"dfa-export: comparing int8 with float on {min(n_agree, len(rest.paths))} files")
+    agree = agreement(fp32, out, rest, n_agree)
     shape = metadata.features.input_shape
     lat32, lat8 = latency_ms(fp32, shape), latency_ms(out, shape)
     size32, size8 = fp32.stat().st_size / 1e6, out.stat().st_size / 1e6
     lines = [
         f"int8 quantization (static QDQ, per-channel int8 weights, uint8 activations; "
-        f"{len(windows)} calibration windows from {len(cal)} files)",
+        f"{len(windows)} calibration windows from {len(cal.paths)} files)",
         f"  size        fp32 {size32:.1f} MB -> int8 {size8:.1f} MB",
         f"  latency     fp32 {lat32:.1f} ms -> int8 {lat8:.1f} ms per window (batch 1, CPU): "
         f"{lat32 / lat8:.2f}x",

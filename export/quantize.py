@@ -7,7 +7,6 @@ P(spoof) would have only 256 levels, which ties scores and blurs the EER.
 
 from __future__ import annotations
 
-import csv
 import statistics
 import tempfile
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.audio import is_audio_path
+from runtime.dataset import read_meta
 from runtime.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelMetadata, aggregate
 
 
@@ -25,19 +25,21 @@ class LabelledFiles:
     paths: list[str]
     labels: list[int] | None  # None when the folder has no meta.csv
 
+    def split(self, n: int) -> tuple[LabelledFiles, LabelledFiles]:
+        """(first n, the rest); a folder too small for both checks on all its files."""
+        head = LabelledFiles(self.paths[:n], self.labels and self.labels[:n])
+        if len(self.paths) <= n:
+            return head, self
+        return head, LabelledFiles(self.paths[n:], self.labels and self.labels[n:])
+
 
 def dataset_files(folder: Path, seed: int = 0) -> LabelledFiles:
     """Files of an In-the-Wild-layout folder (with labels) or any folder of audio, shuffled."""
-    meta = folder / "meta.csv"
     rng = np.random.default_rng(seed)
-    if meta.is_file():
-        with open(meta, newline="") as f:
-            rows = [r for r in csv.DictReader(f)
-                    if r.get("label", "").strip().lower() in ("bona-fide", "bonafide", "spoof")]
-        rows = [r for r in rows if (folder / r["file"]).is_file()]
+    if (folder / "meta.csv").is_file():
+        rows, _, _ = read_meta(folder)  # problem rows (bad label, missing audio) are skipped
         order = rng.permutation(len(rows))
-        return LabelledFiles([str(folder / rows[i]["file"]) for i in order],
-                             [int(rows[i]["label"].strip().lower() == "spoof") for i in order])
+        return LabelledFiles([rows[i].path for i in order], [rows[i].label for i in order])
     found = sorted(str(p) for p in folder.rglob("*") if p.is_file() and is_audio_path(p))
     return LabelledFiles([found[i] for i in rng.permutation(len(found))], None)
 

@@ -15,7 +15,7 @@ import typer
 
 from runtime import __version__
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_FAILED, EXIT_USAGE = 1, 2
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 every input was scored; 1 at least one input failed (the others are "
