@@ -19,7 +19,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m trainer.demo --out demo-out
 
+# Lint first: a style or import error fails CI as surely as a test.
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 clean:

@@ -9,12 +9,13 @@ import pickle
 import zipfile
 from pathlib import Path
 
+from runtime.errors import DfaError
 from runtime.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, MetadataError, ModelMetadata
 
 DEFAULT_OPSET = 18  # the torch.export-based exporter's minimum; onnxruntime >= 1.14 runs it
 
 
-class ExportError(Exception):
+class ExportError(DfaError):
     """One line naming the file and what to do."""
 
 
@@ -66,10 +67,14 @@ def load_state_dict(path: Path) -> dict:
 
 def load_trained(model_path: Path, config: Path | None = None):
     """(torch model in eval mode, ModelMetadata, sidecar path)."""
-    from trainer.model import create_model
+    from trainer.model import ArchError, check_arch, create_model
 
     sidecar = find_sidecar(model_path, config)
     metadata = load_metadata(sidecar)
+    try:  # before anything reads the .pth or reaches timm
+        check_arch(metadata.arch, metadata.arch_kwargs)
+    except ArchError as e:
+        raise ExportError(f"{sidecar}: {e}") from e
     state = load_state_dict(model_path)
     try:
         model = create_model(metadata.arch, metadata.arch_kwargs)
@@ -116,11 +121,25 @@ def probability_model(model):
     return wrapped
 
 
+def check_opset(opset: int) -> None:
+    """An opset this onnx can write (the exporter would otherwise fall back to another
+    opset without failing)."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not DEFAULT_OPSET <= opset <= newest:
+        raise ExportError(f"--opset {opset}: this onnx {onnx.__version__} writes opsets "
+                          f"{DEFAULT_OPSET} to {newest}; pass one of them (and one the edge's "
+                          "onnxruntime runs)")
+
+
 def to_onnx(model, metadata: ModelMetadata, path: Path, opset: int = DEFAULT_OPSET) -> None:
     """Export `model` (logits) as it is (the caller decides eval mode) with a dynamic batch
     axis, and embed the metadata. Writes exactly `path`."""
     import onnx
     import torch
+
+    check_opset(opset)
 
     wrapped = probability_model(model)
     example = torch.zeros((2, *metadata.features.input_shape), dtype=torch.float32)
@@ -133,11 +152,35 @@ def to_onnx(model, metadata: ModelMetadata, path: Path, opset: int = DEFAULT_OPS
             opset_version=opset, external_data=False, optimize=True,
         )
     proto = program.model_proto
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:
+        raise ExportError(f"--opset {opset}: the exporter wrote opset {written} instead; pass "
+                          f"--opset {written} or update torch and onnxscript")
     proto.graph.doc_string = "dfa deepfake detector: mel spectrogram windows -> P(spoof)"
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, metadata.to_json()
     onnx.save_model(proto, str(path))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return a.resolve() == b.resolve()
+
+
+def check_output(path: Path, inputs: list[Path]) -> None:
+    """Refuse, before any work, an output that would destroy something the user passed in:
+    one of `inputs` (the .pth, the model.json), or an existing file that is not an ONNX
+    model. An existing .onnx file of that name is the named output and may be replaced."""
+    for given in inputs:
+        if _same_file(path, given):
+            raise ExportError(f"{path}: is the input {given}; writing there would destroy "
+                              "it: choose another output name ending in .onnx")
+    if path.exists() and not path.is_dir() and path.suffix.lower() != ".onnx":
+        raise ExportError(f"{path}: exists and is not an .onnx file; dfa-export does not "
+                          "replace it: choose another output name ending in .onnx")
 
 
 def check_writable(path: Path) -> None:

@@ -81,9 +81,15 @@ def synthetic_clips(folder: Path) -> list[str]:
 
 
 def audio_files(folder: Path, limit: int = MAX_CHECK_FILES) -> list[str]:
+    from export.onnx import ExportError
+
+    if not Path(folder).is_dir():
+        raise ExportError(f"{folder}: not a folder; --check-audio takes a folder of audio "
+                          "files")
     found = sorted(str(p) for p in Path(folder).rglob("*") if p.is_file() and is_audio_path(p))
     if not found:
-        raise FileNotFoundError(f"{folder}: no audio files to check with")
+        raise ExportError(f"{folder}: no audio files to check with; give --check-audio a "
+                          "folder of wav/flac files, or leave it out to use synthesised clips")
     step = max(1, len(found) // limit)
     return found[::step][:limit]
 
@@ -93,6 +99,8 @@ def verify(model, onnx_path: Path, metadata: ModelMetadata, atol: float = 1e-4,
     """Run every check; `model` is the torch network (logits) in the mode to compare."""
     import onnx
 
+    from export.onnx import ExportError
+    from runtime.audio import AudioError
     from runtime.detector import Detector, open_session
     from runtime.features import file_features
 
@@ -114,13 +122,27 @@ def verify(model, onnx_path: Path, metadata: ModelMetadata, atol: float = 1e-4,
 
     with tempfile.TemporaryDirectory(prefix="dfa-check-") as tmp:
         paths = audio if audio else synthetic_clips(Path(tmp))
-        feats = [file_features(p, metadata.features) for p in paths]
+        feats, usable, skipped = [], [], []
+        for p in paths:  # a broken check file is skipped and named, never a traceback
+            try:
+                feats.append(file_features(p, metadata.features))
+                usable.append(p)
+            except AudioError as e:
+                skipped.append(f"{p}: {e}")
+        if not usable:
+            raise ExportError(f"none of the {len(paths)} --check-audio files could be "
+                              f"decoded (first: {skipped[0]}); give --check-audio readable "
+                              "audio, or leave it out to use synthesised clips")
+        paths = usable
         x = np.concatenate([f.features for f in feats])
         p_torch = torch_probabilities(model, x)
         diff = np.abs(p_torch - onnx_probabilities(session, x)).max()
         source = "given" if audio else "synthesised"
+        unread = (f"; {len(skipped)} unreadable files skipped (first: {skipped[0]})"
+                  if skipped else "")
         report.add("audio features", diff <= atol,
-                   f"max |diff| {diff:.2e} over {len(x)} windows of {len(paths)} {source} files")
+                   f"max |diff| {diff:.2e} over {len(x)} windows of {len(paths)} {source} "
+                   f"files{unread}")
 
         detector = Detector(onnx_path, device="cpu", batch_size=8)
         results = list(detector.score(paths))

@@ -4,7 +4,14 @@ Importing this package is cheap on purpose (edge start-up time): the heavy modul
 only when their names are first used.
 """
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# onnxruntime (1.32 here) writes a telemetry device ID under ~/.cache (or $XDG_CACHE_HOME)
+# when it is imported, and prints a warning where that is read-only (edge boxes). Its own
+# switch stops both; set before onnxruntime is first imported; a user's setting wins.
+_os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 __all__ = ["Detector", "FeatureConfig", "ModelMetadata", "FileResult", "__version__"]
 

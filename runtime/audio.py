@@ -6,16 +6,25 @@ one-shot `soxr.resample` (what librosa.load uses), so block size never changes f
 
 Everything that makes a file unusable is raised as AudioError with a one-line reason that
 says what to do; callers add the file name.
+
+Sample values: PCM formats cannot leave [-1, 1); float formats can. A float sample beyond
+MAX_ABS_SAMPLE (+24 dBFS) is no longer audio (a corrupt or mis-scaled file, or one crafted
+so that its spectrum overflows to NaN): such a file is refused, never scored. Overs up to
+that bound are kept as they are (ordinary float masters clip a little).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from runtime.errors import EXIT_FAILED, DfaError
 
 AUDIO_EXTENSIONS = frozenset(
     {
@@ -32,9 +41,16 @@ BLOCK_SECONDS = 10.0
 # is called truncated only when it ends this much short of what its header declares.
 _TRUNCATION_TOLERANCE = 0.02
 
+# The largest |sample| accepted (+24 dBFS). Beyond it the file is refused: see the module
+# docstring. Squared in float32 it stays far from overflow (and so do the FFT's sums).
+MAX_ABS_SAMPLE = 16.0
 
-class AudioError(Exception):
-    """A file that cannot be judged. The message is one line: the reason and the remedy."""
+
+class AudioError(DfaError):
+    """A file that cannot be judged. The message is one line: the reason and the remedy.
+    Per file: the other files go on, and the run exits 1."""
+
+    exit_code = EXIT_FAILED
 
 
 def is_audio_path(path: Path) -> bool:
@@ -50,8 +66,9 @@ def decode_blocks(path: str | os.PathLike, sample_rate: int,
     and for NaN/Inf samples, possibly after some blocks have been yielded.
     """
     path = Path(path)
-    _check_file(path)
+    size = _check_file(path)
     _check_wav_header(path)
+    _check_ogg_pages(path, size)
     source = _open_soundfile(path)
     if source is None:
         source = _open_audioread(path)
@@ -74,6 +91,14 @@ def decode_blocks(path: str | os.PathLike, sample_rate: int,
                 f"NaN or infinite sample at {(read + bad) / rate:.2f} s; the file is corrupt, "
                 "re-export it"
             )
+        peak = float(np.abs(block).max())
+        if peak > MAX_ABS_SAMPLE:
+            bad = int(np.argmax((np.abs(block) > MAX_ABS_SAMPLE).any(axis=1)))
+            raise AudioError(
+                f"sample value {peak:.3g} at {(read + bad) / rate:.2f} s is far beyond full "
+                f"scale (limit +-{MAX_ABS_SAMPLE:g}); the file is corrupt or mis-scaled: "
+                "re-export it normalised to [-1, 1]"
+            )
         read += block.shape[0]
         mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
         mono = np.ascontiguousarray(mono, dtype=np.float32)
@@ -92,19 +117,64 @@ def decode_blocks(path: str | os.PathLike, sample_rate: int,
             yield tail
 
 
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise AudioError("no such file; check the path")
-    if path.is_dir():
-        raise AudioError("is a directory, not an audio file")
+def _check_file(path: Path) -> int:
+    """The file's size, or AudioError for anything that is not a readable regular file."""
     try:
-        size = path.stat().st_size
+        st = os.stat(path)
     except OSError as e:
-        raise AudioError(f"cannot read: {e.strerror}") from e
-    if size == 0:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise AudioError("no such file; check the path") from e
+        if e.errno == errno.ENAMETOOLONG:
+            raise AudioError("file name too long for this system; rename or move the "
+                             "file") from e
+        raise AudioError(f"cannot read ({e.strerror or e}); check the path and its "
+                         "permissions") from e
+    if stat.S_ISDIR(st.st_mode):
+        raise AudioError("is a directory, not an audio file")
+    if not stat.S_ISREG(st.st_mode):
+        # A FIFO, socket or device could block forever or never end.
+        raise AudioError("not a regular file (pipe, socket or device); save the audio to a "
+                         "file first")
+    if st.st_size == 0:
         raise AudioError("empty file (0 bytes); re-export or re-download it")
-    if not os.access(path, os.R_OK):
-        raise AudioError("permission denied; make the file readable")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        if e.errno == errno.EACCES:
+            raise AudioError("permission denied; make the file readable") from e
+        raise AudioError(f"cannot read ({e.strerror or e})") from e
+    return st.st_size
+
+
+def _check_ogg_pages(path: Path, size: int) -> None:
+    """Catch Ogg files (Vorbis, Opus, FLAC-in-Ogg) cut short: libsndfile decodes what is
+    there and reports that shorter length as the whole file. A complete stream ends with a
+    page flagged end-of-stream, and every page's segments lie inside the file."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"OggS":
+                return
+            pos, flags = 0, 0
+            while pos < size:
+                f.seek(pos)
+                head = f.read(27)
+                if len(head) < 27 or head[:4] != b"OggS":
+                    raise AudioError(
+                        f"truncated or corrupt Ogg stream (no page at byte {pos} of {size}); "
+                        "re-export or re-download the file")
+                table = f.read(head[26])
+                end = pos + 27 + head[26] + sum(table)
+                if len(table) < head[26] or end > size:
+                    raise AudioError(
+                        f"truncated: the last Ogg page needs {end - size} bytes more than the "
+                        "file has; re-export or re-download the file")
+                flags, pos = head[5], end
+            if not flags & 0x04:
+                raise AudioError("truncated: the Ogg stream has no end-of-stream page; "
+                                 "re-export or re-download the file")
+    except OSError as e:
+        raise AudioError(f"cannot read ({e.strerror or e})") from e
 
 
 def _check_wav_header(path: Path) -> None:
@@ -140,7 +210,8 @@ def _open_soundfile(path: Path):
     import soundfile as sf
 
     try:
-        f = sf.SoundFile(str(path))
+        # Bytes, not str: a file name that is not valid UTF-8 still opens.
+        f = sf.SoundFile(os.fsencode(path))
     except sf.LibsndfileError:
         return None  # not a format libsndfile knows: try audioread/ffmpeg
     except Exception as e:  # noqa: BLE001 - soundfile raises assorted types for bad headers

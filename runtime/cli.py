@@ -6,20 +6,28 @@ import csv
 import json
 import os
 import sys
-import traceback
 from collections.abc import Iterable, Iterator
 from enum import Enum
 from pathlib import Path
 
 import typer
 
-from runtime import __version__
-
-EXIT_FAILED, EXIT_USAGE = 1, 2
+from runtime.clikit import (
+    DEBUG_OPTION,
+    VERSION_OPTION,
+    Device,
+    app_main,
+    check_output,
+    fail,
+    handle_errors,
+)
+from runtime.detector import MAX_BATCH
+from runtime.errors import EXIT_FAILED
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 every input was scored; 1 at least one input failed (the others are "
-    "still scored and printed); 2 usage error or unusable model/device (nothing scored)."
+    "still scored and printed); 2 usage error or unusable model/device (nothing scored); "
+    "130 interrupted."
 )
 
 
@@ -34,36 +42,6 @@ class Aggregation(str, Enum):
     max = "max"
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"dfa {__version__}")
-        raise typer.Exit()
-
-
-# Options every dfa command shares.
-VERSION_OPTION = typer.Option(False, "--version", callback=_version, is_eager=True,
-                              help="Print the version and exit.")
-DEBUG_OPTION = typer.Option(False, "--debug", help="Show Python tracebacks.")
-
-
-def needs_train_extra(prog: str, error: ModuleNotFoundError) -> typer.Exit:
-    return fail(prog, f"{error.name} is not installed; install the training extra: "
-                "pip install 'dfa[train]'")
-
-
-def fail(prog: str, message: str, code: int = EXIT_USAGE, debug: bool = False) -> typer.Exit:
-    if debug:
-        traceback.print_exc()
-    typer.echo(f"{prog}: error: {message}", err=True)
-    return typer.Exit(code)
-
-
 def expand_inputs(paths: Iterable[Path]) -> Iterator[tuple[str, str | None]]:
     """(path, error) for each audio file named or found under a named directory, in order.
 
@@ -73,15 +51,23 @@ def expand_inputs(paths: Iterable[Path]) -> Iterator[tuple[str, str | None]]:
     from runtime.audio import AUDIO_EXTENSIONS, is_audio_path
 
     for p in paths:
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and is_audio_path(f))
-            if not found:
-                exts = " ".join(sorted(AUDIO_EXTENSIONS))
-                yield str(p), f"no audio files under this directory (looked for {exts})"
-            for f in found:
-                yield str(f), None
-        else:
+        try:
+            is_dir = p.is_dir()
+        except OSError:  # a name too long, a loop of links...: the decoder says which
+            is_dir = False
+        if not is_dir:
             yield str(p), None
+            continue
+        try:
+            found = sorted(f for f in p.rglob("*") if f.is_file() and is_audio_path(f))
+        except OSError as e:
+            yield str(p), f"cannot list this directory ({e.strerror or e}); check its permissions"
+            continue
+        if not found:
+            exts = " ".join(sorted(AUDIO_EXTENSIONS))
+            yield str(p), f"no audio files under this directory (looked for {exts})"
+        for f in found:
+            yield str(f), None
 
 
 class Progress:
@@ -136,7 +122,7 @@ class Writer:
                       f"{s.start_s:.2f}-{s.end_s:.2f}s", file=self.out)
 
     def _json(self, r) -> None:
-        print(json.dumps(r.to_dict(segments=self.segments)), file=self.out)
+        print(json.dumps(r.to_dict(segments=self.segments), allow_nan=False), file=self.out)
 
     def _csv(self, r) -> None:
         cols = ["path", "score", "label", "duration_s", "windows", "error"]
@@ -181,11 +167,12 @@ def stdin_lines(stream) -> Iterator:
             chunk = os.read(fd, 65536)
             if not chunk:
                 if pending:
-                    yield pending.decode(errors="replace").rstrip("\r")
+                    yield os.fsdecode(pending).rstrip("\r")
                 return
             pending += chunk
         line, pending = pending.split(b"\n", 1)
-        yield line.decode(errors="replace").rstrip("\r")
+        # As the file system spells names: a name that is not UTF-8 still opens.
+        yield os.fsdecode(line).rstrip("\r")
 
 
 def serve_stdin(detector, writer, debug: bool, stream=None) -> int:
@@ -224,6 +211,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     "to stderr.",
     epilog=EXIT_CODES_HELP,
 )
+@handle_errors("dfa-detect")
 def detect(
     paths: list[Path] | None = typer.Argument(None, help="Audio files or directories.",
                                               show_default=False),
@@ -235,7 +223,8 @@ def detect(
                                        "(default on CPU: one per core)."),
     threshold: float | None = typer.Option(None, min=0.0, max=1.0, help="Override the "
                                            "model's calibrated decision threshold."),
-    batch_size: int | None = typer.Option(None, min=1, help="Windows per inference batch; "
+    batch_size: int | None = typer.Option(None, min=1, max=MAX_BATCH, help="Windows per "
+                                          "inference batch; "
                                           "windows of consecutive files share batches "
                                           "(default: 4 on CPU, 32 on CUDA)."),
     aggregation: Aggregation | None = typer.Option(None, help="A file's score from its "
@@ -255,20 +244,17 @@ def detect(
     debug: bool = DEBUG_OPTION,
     version: bool = VERSION_OPTION,
 ) -> None:
-    from runtime.detector import Detector, DeviceError, FileResult, ModelError
+    from runtime.detector import Detector, FileResult
 
     if stdin and paths:
-        raise fail("dfa-detect", "give PATHs or --stdin, not both")
+        raise fail("give PATHs or --stdin, not both")
     if not stdin and not paths:
-        raise fail("dfa-detect", "missing PATH...: give audio files or directories, or "
+        raise fail("missing PATH...: give audio files or directories, or "
                    "--stdin; see --help")
 
-    try:
-        detector = Detector(model, device=device.value, threads=threads,
-                            batch_size=batch_size, threshold=threshold,
-                            aggregation=aggregation.value if aggregation else None)
-    except (ModelError, DeviceError) as e:
-        raise fail("dfa-detect", str(e), debug=debug) from None
+    detector = Detector(model, device=device.value, threads=threads,
+                        batch_size=batch_size, threshold=threshold,
+                        aggregation=aggregation.value if aggregation else None)
     for note in detector.notes:
         typer.echo(f"dfa-detect: note: {note}", err=True)
 
@@ -317,8 +303,9 @@ class EvalFormat(str, Enum):
     "(meta.csv with file,speaker,label): accuracy, EER, ROC AUC and the confusion matrix at "
     "the model's threshold, plus EER per group column (e.g. attack). Torch-free.",
     epilog="Exit codes: 0 every file was scored; 1 some files failed (metrics cover the "
-    "rest); 2 usage error, unusable model, or no usable rows.",
+    "rest); 2 usage error, unusable model, or no usable rows; 130 interrupted.",
 )
+@handle_errors("dfa-eval")
 def evaluate_cmd(
     data_dir: Path = typer.Argument(..., help="Folder with meta.csv.", show_default=False),
     model: Path = typer.Option(Path("model.onnx"), "--model", "-m", envvar="DFA_MODEL",
@@ -336,35 +323,39 @@ def evaluate_cmd(
     fmt: EvalFormat = typer.Option(EvalFormat.table, "--format", "-f"),
     device: Device = typer.Option(Device.auto),
     threads: int | None = typer.Option(None, min=1),
-    batch_size: int | None = typer.Option(None, min=1),
+    batch_size: int | None = typer.Option(None, min=1, max=MAX_BATCH),
     progress: bool | None = typer.Option(None, "--progress/--no-progress"),
+    allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="Accept "
+                                             "meta.csv rows with absolute or ../ paths "
+                                             "(refused by default: they leave DATA_DIR)."),
     debug: bool = DEBUG_OPTION,
     version: bool = VERSION_OPTION,
 ) -> None:
-    from runtime.dataset import DataError
-    from runtime.detector import Detector, DeviceError, ModelError
+    from runtime.detector import Detector
     from runtime.evaluate import evaluate, write_scores
 
     if split is not None and splits is None:
-        raise fail("dfa-eval", "--split needs --splits FILE")
+        raise fail("--split needs --splits FILE")
+    # Outputs are checked before hours of scoring, and never replace an input.
+    inputs = (data_dir / "meta.csv", splits, model)
+    if scores is not None:
+        check_output(scores, "--scores", inputs)
+    if plot is not None:
+        check_output(plot, "--plot", inputs)
     if plot is not None:
         from runtime.plots import PlotError, require_matplotlib
 
         try:
             require_matplotlib()
         except PlotError as e:
-            raise fail("dfa-eval", f"--plot: {e}") from None
-    try:
-        detector = Detector(model, device=device.value, threads=threads,
-                            batch_size=batch_size, threshold=threshold)
-    except (ModelError, DeviceError) as e:
-        raise fail("dfa-eval", str(e), debug=debug) from None
+            raise fail(f"--plot: {e}") from None
+    detector = Detector(model, device=device.value, threads=threads,
+                        batch_size=batch_size, threshold=threshold)
     show = progress if progress is not None else sys.stderr.isatty()
     bar = Progress(None, show)
     try:
-        result = evaluate(detector, data_dir, splits, split, group_by, progress=bar.step)
-    except DataError as e:
-        raise fail("dfa-eval", str(e), debug=debug) from None
+        result = evaluate(detector, data_dir, splits, split, group_by, progress=bar.step,
+                          allow_outside=allow_outside_paths)
     finally:
         bar.close()
     if scores is not None:
@@ -398,20 +389,6 @@ def evaluate_cmd(
 
 def eval_main() -> None:
     app_main(eval_app)
-
-
-def app_main(application) -> None:
-    # numpy's BLAS is used for small matrices here; its own threads would only compete with
-    # onnxruntime's (set before numpy is first imported; a user's setting wins).
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
-    # A reader that stops early (dfa-detect ... | head) should not cause a traceback.
-    try:
-        application()
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        sys.exit(EXIT_FAILED)
 
 
 def main() -> None:

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import csv
 import os
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from runtime.errors import DfaError
 
 REQUIRED_COLUMNS = ("file", "speaker", "label")
 LABELS = {"bona-fide": 0, "bonafide": 0, "spoof": 1}
 SHOW_ROWS = 10
 
 
-class DataError(Exception):
+class DataError(DfaError):
     """The dataset cannot be used as it is; the message lists the first problems."""
 
 
@@ -47,11 +50,29 @@ def problems_message(what: str, problems: list[Problem], hint: str) -> str:
     return "\n".join(lines)
 
 
-def read_meta(data_dir: str | os.PathLike) -> tuple[list[Row], list[Problem], list[str]]:
+def same_file_key(data_dir: str | os.PathLike, name: str) -> str:
+    """The key under which two spellings of one file (x.wav, ./x.wav, sub/../x.wav, its
+    absolute path) meet."""
+    return os.path.normpath(os.path.join(os.path.abspath(data_dir), name))
+
+
+def is_outside(name: str) -> bool:
+    """True for a meta.csv path that leaves DATA_DIR: absolute, or climbing out with ../.
+    Decided on the text: a symlinked audio folder inside DATA_DIR stays usable."""
+    if os.path.isabs(name) or posixpath.isabs(name):
+        return True
+    norm = os.path.normpath(name)
+    return norm == os.pardir or norm.startswith(os.pardir + os.sep)
+
+
+def read_meta(data_dir: str | os.PathLike, *, allow_outside: bool = False
+              ) -> tuple[list[Row], list[Problem], list[str]]:
     """(usable rows, problem rows, group column names) of DATA_DIR/meta.csv.
 
-    Problem rows: unknown label, empty file name, duplicate file, empty speaker, missing
-    audio. A missing meta.csv, an unreadable one or missing columns raise DataError.
+    Problem rows: unknown label, empty file name, a file outside DATA_DIR (absolute or
+    climbing out with ../; allowed with allow_outside), duplicate file (compared after
+    normalising the path, so x.wav, ./x.wav and sub/../x.wav are one file), empty speaker,
+    missing audio. A missing meta.csv, an unreadable one or missing columns raise DataError.
     """
     data_dir = Path(data_dir)
     meta = data_dir / "meta.csv"
@@ -78,18 +99,22 @@ def read_meta(data_dir: str | os.PathLike) -> tuple[list[Row], list[Problem], li
     for line, r in enumerate(raw, start=2):
         name, speaker = r["file"].strip(), r["speaker"].strip()
         label = r["label"].strip().lower()
+        key = same_file_key(data_dir, name)
         reason = None
         if label not in LABELS:
             reason = f"unknown label {label!r} (use bona-fide or spoof)"
         elif not name:
             reason = "empty file name"
-        elif name in seen:
+        elif not allow_outside and is_outside(name):
+            reason = ("outside the data folder (absolute or ../ path); move it under "
+                      "DATA_DIR or pass --allow-outside-paths")
+        elif key in seen:
             reason = "duplicate file (an earlier row has it)"
         elif not speaker:
             reason = "empty speaker"
         elif not (data_dir / name).is_file():
             reason = "audio file not found"
-        seen.add(name)
+        seen.add(key)
         if reason:
             problems.append(Problem(line, name, reason))
             continue

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.audio import AudioError
+from runtime.errors import DfaError, InvalidArgument
 from runtime.features import iter_windows, window_features
 from runtime.metadata import (
     AGGREGATIONS,
@@ -30,6 +31,9 @@ DEVICES = ("auto", "cpu", "cuda")
 # windows gain under 3% while res2net50's activations at batch 16 take 250 MB more; a GPU
 # wants larger batches.
 DEFAULT_BATCH_CPU, DEFAULT_BATCH_CUDA = 4, 32
+# A batch of 224x224 windows is 200 kB per window before the model's activations (res2net50:
+# ~25 MB per window on CPU): 512 is past any speed gain and still fits a GPU.
+MAX_BATCH = 512
 
 
 def default_threads() -> int:
@@ -42,11 +46,11 @@ def default_threads() -> int:
 FLUSH = object()  # in Detector.score's paths: score what is pending now
 
 
-class ModelError(Exception):
+class ModelError(DfaError):
     """The model file cannot be used. One line naming the file and the remedy."""
 
 
-class DeviceError(Exception):
+class DeviceError(DfaError):
     """The requested device cannot be used. One line saying why and what to do."""
 
 
@@ -95,10 +99,15 @@ def open_session(path, providers: list, threads: int | None = None):
     import onnxruntime as ort
 
     path = Path(path)
-    if not path.is_file():
+    try:
+        exists, is_file = path.exists(), path.is_file()
+    except OSError as e:  # a name too long for the system, a loop of links...
+        raise ModelError(f"{path}: cannot open the model ({e.strerror or e}); check the "
+                         "path") from e
+    if not is_file:
         raise ModelError(
             f"{path}: model not found; pass --model PATH or set DFA_MODEL"
-            if not path.exists() else f"{path}: not a file; pass the .onnx file itself"
+            if not exists else f"{path}: not a file; pass the .onnx file itself"
         )
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -110,10 +119,21 @@ def open_session(path, providers: list, threads: int | None = None):
     # computes features for the next batch (measured: 402 vs 249 windows/s, BENCHMARKS.md).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        return ort.InferenceSession(_onnxruntime_source(path), sess_options=options,
+                                    providers=providers)
     except Exception as e:  # noqa: BLE001 - InvalidProtobuf, Fail, NoSuchFile, ...
         reason = " ".join(str(e).split())[:160]
         raise ModelError(f"{path}: not a loadable ONNX model ({reason})") from e
+
+
+def _onnxruntime_source(path: Path) -> str | bytes:
+    """onnxruntime takes only UTF-8 file names: a model whose name is not valid UTF-8 is
+    read here and handed over as bytes (dfa's .onnx files hold their weights inline)."""
+    try:
+        str(path).encode("utf-8")
+        return str(path)
+    except UnicodeEncodeError:
+        return path.read_bytes()
 
 
 def _providers(device: str) -> list[str]:
@@ -144,10 +164,10 @@ class Detector:
     def __init__(self, model: str | os.PathLike, device: str = "auto",
                  threads: int | None = None, batch_size: int | None = None,
                  threshold: float | None = None, aggregation: str | None = None):
-        if batch_size is not None and batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        if batch_size is not None and not 1 <= batch_size <= MAX_BATCH:
+            raise InvalidArgument(f"batch size must be in 1..{MAX_BATCH}, got {batch_size}")
         if threshold is not None and not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+            raise InvalidArgument(f"threshold must be in [0, 1], got {threshold}")
         self.model_path = Path(model)
         self.notes: list[str] = []  # things the user should know (e.g. auto fell back to CPU)
         providers = _providers(device)
@@ -177,7 +197,7 @@ class Detector:
         self.threshold = self.metadata.threshold if threshold is None else float(threshold)
         self.aggregation = aggregation or self.metadata.aggregation
         if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}")
+            raise InvalidArgument(f"aggregation must be one of {AGGREGATIONS}")
 
     def _check_interface(self) -> None:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -205,13 +225,25 @@ class Detector:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """P(spoof) for a (n, 1, H, W) float32 batch of window features, shape (n,)."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        step = self._max_batch or len(batch)
-        out = [
-            self.session.run([OUTPUT_NAME], {INPUT_NAME: batch[i: i + step]})[0]
-            for i in range(0, len(batch), max(step, 1))
-        ]
-        scores = np.concatenate([o.reshape(len(o), -1)[:, 0] for o in out]).astype(np.float64)
-        return scores
+        step = max(self._max_batch or len(batch), 1)
+        scores = []
+        for i in range(0, len(batch), step):
+            part = batch[i: i + step]
+            try:
+                out = np.asarray(self.session.run([OUTPUT_NAME], {INPUT_NAME: part})[0])
+            except Exception as e:  # noqa: BLE001 - onnxruntime's Fail, RuntimeException...
+                reason = " ".join(str(e).split())[:160]
+                raise ModelError(
+                    f"{self.model_path}: onnxruntime failed on a batch of {len(part)} windows "
+                    f"({reason}); use a smaller --batch-size, or re-export the model") from e
+            # One P(spoof) per window: (n,) or (n, 1). Anything else is not a dfa model.
+            if out.ndim == 0 or out.shape[0] != len(part) or out.size != len(part):
+                raise ModelError(
+                    f"{self.model_path}: output '{OUTPUT_NAME}' has shape {list(out.shape)} "
+                    f"for {len(part)} windows, expected ({len(part)},) or ({len(part)}, 1); "
+                    "re-export it with dfa-export")
+            scores.append(out.reshape(-1))
+        return np.concatenate(scores).astype(np.float64)
 
     def score_file(self, path: str | os.PathLike) -> FileResult:
         return next(iter(self.score([path])))
@@ -315,8 +347,14 @@ class Detector:
         sr = self.features.sample_rate
         for (job, start, end), p in zip(owners, scores, strict=True):
             job.outstanding -= 1
-            if job.error is None:
-                job.segments.append(Segment(start / sr, end / sr, float(p)))
+            if job.error is not None:
+                continue
+            if not 0.0 <= p <= 1.0:  # NaN fails this too: never a verdict from it
+                job.error = (f"the model gave P(spoof) = {p} for {start / sr:.2f}-{end / sr:.2f} "
+                             "s, not a probability; the model is broken: re-export or "
+                             "retrain it")
+                continue
+            job.segments.append(Segment(start / sr, end / sr, float(p)))
 
     def _finished(self, queue: deque[_Job]) -> Iterator[FileResult]:
         while queue and queue[0].read and (queue[0].error or queue[0].outstanding == 0):

@@ -27,10 +27,11 @@ class Evaluation:
                 "failed": [{"file": f, "error": e} for f, e in self.failed]}
 
 
-def select_rows(data_dir: Path, splits: Path | None, split: str | None
+def select_rows(data_dir: Path, splits: Path | None, split: str | None,
+                allow_outside: bool = False
                 ) -> tuple[list[Row], list[tuple[str, str]], list[str]]:
     """(rows to score, meta.csv problems as failures, group columns)."""
-    rows, problems, groups = read_meta(data_dir)
+    rows, problems, groups = read_meta(data_dir, allow_outside=allow_outside)
     failed = [(p.file, f"meta.csv line {p.line}: {p.reason}") for p in problems]
     if splits is not None:
         mapping = read_splits(splits)
@@ -46,8 +47,9 @@ def select_rows(data_dir: Path, splits: Path | None, split: str | None
 
 def evaluate(detector, data_dir: Path, splits: Path | None = None, split: str | None = None,
              group_by: list[str] | None = None,
-             progress: Callable[[str], None] | None = None) -> Evaluation:
-    rows, failed, groups = select_rows(data_dir, splits, split)
+             progress: Callable[[str], None] | None = None,
+             allow_outside: bool = False) -> Evaluation:
+    rows, failed, groups = select_rows(data_dir, splits, split, allow_outside)
     group_by = groups if group_by is None else group_by
     unknown = [g for g in group_by if g not in groups]
     if unknown:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
@@ -67,31 +68,49 @@ class FeatureConfig:
     normalize: str = "instance"  # per window: zero mean, unit variance
 
     def __post_init__(self):
+        """Every field checked for type and range: a FeatureConfig also arrives from a
+        model file, and one absurd value (a hop of 0 samples, a 10^9-row image) would
+        otherwise hang the windowing or exhaust memory."""
+
         def bad(msg):
             raise ValueError(f"invalid FeatureConfig: {msg}")
 
-        if self.sample_rate < 1000:
-            bad(f"sample_rate {self.sample_rate} is below 1000 Hz")
-        if not 0 < self.n_mels <= self.n_fft // 2 + 1:
-            bad(f"n_mels must be in 1..n_fft/2+1, got {self.n_mels}")
-        if self.hop_length < 1 or self.n_fft < 16:
-            bad("hop_length must be >= 1 and n_fft >= 16")
-        if self.window_s is not None:
-            if self.window_s * self.sample_rate < self.n_fft:
-                bad(f"window_s {self.window_s} is shorter than one FFT frame")
-            if not 0 < self.window_hop_s:
-                bad("window_hop_s must be positive")
+        def number(name, lo, hi, integer=False, optional=False):
+            v = getattr(self, name)
+            if v is None and optional:
+                return
+            kind = int if integer else (int, float)
+            if isinstance(v, bool) or not isinstance(v, kind) or not math.isfinite(v):
+                bad(f"{name} must be {'an integer' if integer else 'a number'}, got {v!r}")
+            if not lo <= v <= hi:
+                bad(f"{name} must be in [{lo}, {hi}], got {v!r}")
+
+        number("sample_rate", 1000, 384000, integer=True)
+        number("n_fft", 16, 65536, integer=True)
+        number("n_mels", 1, self.n_fft // 2 + 1, integer=True)
+        number("hop_length", 1, self.n_fft, integer=True)
+        number("fmin", 0.0, self.sample_rate / 2)
+        number("fmax", self.fmin, self.sample_rate / 2, optional=True)
+        if self.fmax is not None and self.fmax <= self.fmin:
+            bad(f"fmax ({self.fmax}) must be above fmin ({self.fmin})")
+        # Windows: at least one FFT frame, at most ten minutes; the hop at least 10 ms so
+        # an hour of audio is at most 360,000 windows.
+        number("window_s", self.n_fft / self.sample_rate, 600.0, optional=True)
+        number("window_hop_s", 0.01, 3600.0)
+        number("min_duration_s", self.n_fft / self.sample_rate, 600.0)
+        number("silence_dbfs", -200.0, 0.0)
+        number("top_db", 1e-3, 400.0)
+        number("image_height", 1, 4096, integer=True)
+        number("image_width", 1, 4096, integer=True)
         if self.pad not in PAD_MODES:
             bad(f"pad must be one of {PAD_MODES}, got {self.pad!r}")
         if self.normalize not in NORMALIZE_MODES:
             bad(f"normalize must be one of {NORMALIZE_MODES}, got {self.normalize!r}")
         if not (self.db_ref == "max" or (isinstance(self.db_ref, (int, float))
+                                         and not isinstance(self.db_ref, bool)
+                                         and math.isfinite(self.db_ref)
                                          and self.db_ref > 0)):
             bad(f"db_ref must be 'max' or a positive number, got {self.db_ref!r}")
-        if self.min_duration_s < self.n_fft / self.sample_rate:
-            bad("min_duration_s must cover at least one FFT frame")
-        if self.image_height < 1 or self.image_width < 1:
-            bad("image size must be positive")
 
     @classmethod
     def original(cls) -> FeatureConfig:
@@ -121,10 +140,14 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> FeatureConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"invalid FeatureConfig: expected a JSON object, got "
+                             f"{type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"invalid FeatureConfig: unknown field(s) {', '.join(unknown)}")
+            raise ValueError("invalid FeatureConfig: unknown field(s) "
+                             + ", ".join(repr(k)[:40] for k in unknown[:5]))
         return cls(**data)
 
     def to_json(self) -> str:

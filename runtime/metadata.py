@@ -8,10 +8,12 @@ in the ONNX file's metadata_props under METADATA_KEY, so an edge machine needs o
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from runtime import __version__
+from runtime.errors import DfaError
 from runtime.features import FeatureConfig
 
 SCHEMA_VERSION = 1
@@ -22,9 +24,11 @@ INPUT_NAME = "mel"
 OUTPUT_NAME = "p_spoof"
 LABELS = {0: "bona-fide", 1: "spoof"}
 AGGREGATIONS = ("mean", "max")
+# Real metadata is a few kB; a model file could carry anything.
+MAX_METADATA_CHARS = 1_000_000
 
 
-class MetadataError(ValueError):
+class MetadataError(DfaError, ValueError):
     """Model metadata missing, malformed or from a newer dfa."""
 
 
@@ -46,10 +50,34 @@ class ModelMetadata:
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):
-        if not 0.0 <= float(self.threshold) <= 1.0:
-            raise MetadataError(f"threshold must be in [0, 1], got {self.threshold}")
-        if self.aggregation not in AGGREGATIONS:
-            raise MetadataError(f"aggregation must be one of {AGGREGATIONS}")
+        """Types and ranges of every field: metadata arrives from files users are sent."""
+        def check(ok: bool, msg: str) -> None:
+            if not ok:
+                raise MetadataError(msg)
+
+        check(isinstance(self.arch, str) and 0 < len(self.arch) <= 200,
+              f"arch must be a model name, got {self.arch!r:.80}")
+        check(isinstance(self.arch_kwargs, dict) and all(isinstance(k, str)
+                                                         for k in self.arch_kwargs),
+              "arch_kwargs must be a JSON object")
+        check(isinstance(self.features, FeatureConfig), "features must be a FeatureConfig")
+        check(isinstance(self.labels, dict) and set(self.labels) == {0, 1}
+              and all(isinstance(v, str) and v for v in self.labels.values()),
+              'labels must map "0" and "1" (and nothing else) to names, e.g. '
+              '{"0": "bona-fide", "1": "spoof"}')
+        check(isinstance(self.threshold, (int, float)) and not isinstance(self.threshold, bool)
+              and math.isfinite(self.threshold) and 0.0 <= self.threshold <= 1.0,
+              f"threshold must be a number in [0, 1], got {self.threshold!r:.40}")
+        self.threshold = float(self.threshold)
+        check(isinstance(self.threshold_source, str), "threshold_source must be a string")
+        check(self.aggregation in AGGREGATIONS,
+              f"aggregation must be one of {', '.join(AGGREGATIONS)}, got "
+              f"{self.aggregation!r:.40}")
+        for name in ("metrics", "versions"):
+            check(isinstance(getattr(self, name), dict), f"{name} must be a JSON object")
+        check(isinstance(self.created, str), "created must be a string")
+        check(isinstance(self.schema_version, int) and not isinstance(self.schema_version, bool),
+              "schema_version must be an integer")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -72,27 +100,37 @@ class ModelMetadata:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise MetadataError(f"unknown metadata field(s): {', '.join(unknown)}")
+            raise MetadataError("unknown metadata field(s): "
+                                + ", ".join(repr(k)[:40] for k in unknown[:5]))
         if "arch" not in data:
             raise MetadataError("metadata has no 'arch'")
         d = dict(data)
         try:
             d["features"] = FeatureConfig.from_dict(d.get("features", {}))
-            if "labels" in d:
-                d["labels"] = {int(k): v for k, v in d["labels"].items()}
-            return cls(**d)
         except (TypeError, ValueError) as e:
             raise MetadataError(str(e)) from e
+        if "labels" in d:
+            labels = d["labels"]
+            if not isinstance(labels, dict) or set(labels) != {"0", "1"}:
+                raise MetadataError('labels must map "0" and "1" (and nothing else) to '
+                                    'names, e.g. {"0": "bona-fide", "1": "spoof"}')
+            d["labels"] = {int(k): v for k, v in labels.items()}
+        return cls(**d)
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ModelMetadata:
+        if not isinstance(text, str) or len(text) > MAX_METADATA_CHARS:
+            raise MetadataError(f"metadata is not a JSON text of at most "
+                                f"{MAX_METADATA_CHARS} characters")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise MetadataError(f"metadata is not valid JSON ({e})") from e
+        except RecursionError as e:
+            raise MetadataError("metadata JSON is nested too deeply to be dfa metadata") from e
         return cls.from_dict(data)
 
     def label_for(self, score: float, threshold: float | None = None) -> str:

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from runtime import metrics as M
+from runtime.errors import DfaError
 
 
-class PlotError(RuntimeError):
-    pass
+class PlotError(DfaError):
+    """A plot cannot be drawn (matplotlib missing, or the file cannot be written)."""
 
 
 def require_matplotlib() -> None:

@@ -137,11 +137,17 @@ def test_int8_export(run, itw_dataset, tmp_path):
                "--calibration-files", "20", "--agreement-files", "60", "--min-agreement",
                "0.9")
     assert r.exit_code == 0, r.stderr + r.stdout
-    assert "int8 quantization" in r.stdout and "agreement" in r.stdout
+    for line in ("int8 quantization", "agreement", "decisive", "EER change", "ROC AUC",
+                 "gate        PASS"):
+        assert line in r.stdout, line
     md = read_onnx_metadata(out)
     q = md.metrics["int8"]
     assert q["label_agreement"] >= 0.9 and q["agreement_files"] == 60
     assert q["eer_fp32"] is not None
+    gate = q["gate"]
+    assert gate["passed"] and not gate["forced"] and gate["labelled_files"] == 60
+    assert gate["eer_change_ci95"][1] <= gate["max_eer_increase"]
+    assert gate["band_files"] + gate["decisive_files"] == 60
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
@@ -150,25 +156,137 @@ def test_int8_export(run, itw_dataset, tmp_path):
     assert r2.ok and 0.0 <= r2.score <= 1.0
 
 
-def test_int8_refused_under_min_agreement(run, itw_dataset, tmp_path, monkeypatch):
+def test_int8_refused_when_the_gate_fails(run, itw_dataset, tmp_path, monkeypatch):
+    """An int8 model that ranks files worse than float: exit 1, nothing written; --force
+    writes it and records the failed gate."""
     import export.quantize as Q
 
     real = Q.agreement
 
     def poor(*a, **k):
         result = real(*a, **k)
-        result.label_agreement = 0.5
+        result.int8_scores = result.int8_scores[::-1].copy()  # scores of other files
         return result
 
     monkeypatch.setattr(Q, "agreement", poor)
     out = tmp_path / "int8.onnx"
     args = [run / "model.pth", out, "--quantize", "int8", "--calibration", itw_dataset,
-            "--calibration-files", "8", "--agreement-files", "8"]
+            "--calibration-files", "20", "--agreement-files", "60"]
     r = export(*args)
-    assert r.exit_code == 1 and "agree with float on only 50.00%" in r.stderr
+    msg = error_after_progress(r, code=1)
+    assert msg.startswith(f"dfa-export: error: {out}: not written, the int8 gate failed")
+    assert "or --force)" in msg and "decisive files change label" in msg, msg
+    assert "gate        FAIL" in r.stdout
     assert not out.exists() and not list(tmp_path.glob(".*"))
     r = export(*args, "--force")
     assert r.exit_code == 0 and out.exists()
+    assert "written anyway: --force" in r.stdout
+    gate = read_onnx_metadata(out).metrics["int8"]["gate"]
+    assert not gate["passed"] and gate["forced"] and gate["reasons"]
+
+
+def test_int8_calibration_folder_without_usable_audio(run, tmp_path):
+    broken = tmp_path / "calib"
+    broken.mkdir()
+    for name in ("a.wav", "b.flac"):
+        (broken / name).write_bytes(b"not audio at all")
+    out = tmp_path / "int8.onnx"
+    msg = error_after_progress(export(run / "model.pth", out, "--quantize", "int8",
+                                      "--calibration", broken), code=2)
+    assert str(broken) in msg and "could be decoded" in msg and "--calibration" in msg
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------ int8 gate
+
+
+def _separable(n_per_class: int, seed: int = 0):
+    """Labels and float scores of a good detector (EER a few %)."""
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.zeros(n_per_class), np.ones(n_per_class)].astype(int)
+    logit = np.where(y == 1, rng.normal(2.5, 1.0, y.size), rng.normal(-2.5, 1.0, y.size))
+    return y, 1 / (1 + np.exp(-logit)), rng
+
+
+def test_gate_passes_when_only_near_threshold_files_flip():
+    """The old gate's coin flip: files within --margin of the threshold change label under
+    tiny score changes. Overall agreement drops under 99%, the EER does not move."""
+    from export.quantize import int8_gate
+
+    y, a, rng = _separable(200)
+    a[:6] = [0.49, 0.495, 0.498, 0.502, 0.505, 0.51]  # bona fide files near the threshold
+    b = a.copy()
+    b[:6] = [0.51, 0.505, 0.502, 0.498, 0.495, 0.49]  # int8 flips each of them
+    gate = int8_gate(a, b, 0.5, y)
+    assert gate.label_agreement < 0.99  # the old gate would have refused
+    assert gate.band_files >= 6 and gate.decisive_agreement == 1.0
+    assert gate.eer_change_ci95[1] <= 0.01
+    assert gate.passed, gate.reasons
+
+
+def test_gate_fails_on_a_real_eer_increase():
+    from export.quantize import int8_gate
+
+    y, a, rng = _separable(200)
+    b = np.clip(a + rng.normal(0, 0.25, a.size), 0, 1)
+    gate = int8_gate(a, b, 0.5, y)
+    assert gate.eer_change > 0.01 and gate.eer_change_ci95[0] > 0
+    assert not gate.passed
+    assert any("EER may rise" in r for r in gate.reasons)
+    assert any("decisive files change label" in r for r in gate.reasons)
+    assert gate.auc_change < 0
+
+
+def test_gate_with_few_files():
+    """Few labelled files: the paired interval is [0, 0] when int8 ranks them as float
+    does (pass), and one swap at the EER point moves it past the tolerance (fail); the
+    report says the files are too few to resolve the tolerance."""
+    from export.quantize import int8_gate
+
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    a = np.array([0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95])
+    same = int8_gate(a, a + 0.003, 0.5, y)
+    assert same.passed and same.eer_change_ci95 == [0.0, 0.0]
+    assert any("too coarse" in n for n in same.notes)
+    swapped = a.copy()
+    swapped[[3, 4]] = [0.62, 0.58]  # one bona fide now outranks one spoof
+    gate = int8_gate(a, swapped, 0.5, y)
+    assert not gate.passed
+    assert any("too few files to resolve" in r for r in gate.reasons)
+    assert gate.eer_change_ci95[1] >= 0.25
+
+
+def test_gate_without_labels_checks_decisive_agreement_only():
+    from export.quantize import int8_gate
+
+    _, a, rng = _separable(100)
+    b = a + rng.normal(0, 0.002, a.size)
+    gate = int8_gate(a, b, 0.5, None)
+    assert gate.passed and gate.labelled_files == 0 and gate.eer_change is None
+    assert any("no labels" in n for n in gate.notes)
+    b[np.argsort(np.abs(a - 0.5))[-5:]] = 1 - a[np.argsort(np.abs(a - 0.5))[-5:]]
+    gate = int8_gate(a, b, 0.5, None)  # 5 clear-cut files change label
+    assert not gate.passed and any("decisive files change label" in r for r in gate.reasons)
+    nothing = int8_gate(np.full(10, 0.5), np.full(10, 0.51), 0.5, None)
+    assert not nothing.passed and "nothing to judge" in nothing.reasons[0]
+
+
+def test_gate_refuses_non_finite_int8_scores():
+    from export.quantize import int8_gate
+
+    y, a, _ = _separable(20)
+    b = a.copy()
+    b[3] = np.nan
+    gate = int8_gate(a, b, 0.5, y)
+    assert not gate.passed and "not finite" in gate.reasons[0]
+
+
+def test_gate_is_deterministic():
+    from export.quantize import int8_gate
+
+    y, a, rng = _separable(100)
+    b = np.clip(a + rng.normal(0, 0.05, a.size), 0, 1)
+    assert int8_gate(a, b, 0.5, y).to_dict() == int8_gate(a, b, 0.5, y).to_dict()
 
 
 def test_int8_needs_calibration(run, tmp_path):
@@ -193,6 +311,15 @@ def one_line_error(r, code=2):
     assert len(lines) == 1 and lines[0].startswith("dfa-export: error: ")
     assert "Traceback" not in r.stderr
     return lines[0]
+
+
+def error_after_progress(r, code):
+    """The one error line of a run that failed after its progress lines on stderr."""
+    assert r.exit_code == code, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    errors = [x for x in r.stderr.strip().splitlines() if x.startswith("dfa-export: error")]
+    assert len(errors) == 1 and r.stderr.strip().endswith(errors[0]), r.stderr
+    return errors[0]
 
 
 def test_missing_sidecar(run, tmp_path):
@@ -257,6 +384,102 @@ def test_unwritable_output(run, tmp_path):
     assert "cannot write" in msg and "does not exist" in msg
     msg = one_line_error(export(run / "model.pth", tmp_path))
     assert "is a folder" in msg
+
+
+def test_output_that_would_destroy_an_input_is_refused(run, tmp_path):
+    """`dfa-export run/model.pth run/model.pth` once replaced the weights with ONNX bytes."""
+    d = copy_run(run, tmp_path)
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    (d / "notes.txt").write_text("keep me")
+    (d / "link.onnx").symlink_to(d / "model.pth")
+    for out, words in ((d / "model.pth", "is the input"), (d / "model.json", "is the input"),
+                       (d / "link.onnx", "is the input"), (d / "notes.txt", "not an .onnx")):
+        msg = one_line_error(export(d / "model.pth", out))
+        assert words in msg and "choose another output name" in msg
+    r = export(d / "model.pth", d / "model.pth", "--config", d / "model.json")
+    assert "is the input" in one_line_error(r)
+    assert {p.name: p.read_bytes() for p in d.iterdir() if p.name in before} == before
+    assert (d / "notes.txt").read_text() == "keep me"
+
+
+def test_opset_beyond_what_onnx_writes(run, tmp_path):
+    """The exporter silently fell back to opset 18 when asked for one onnx does not know."""
+    import onnx
+
+    too_new = onnx.defs.onnx_opset_version() + 1
+    msg = one_line_error(export(run / "model.pth", tmp_path / "o.onnx", "--opset", too_new))
+    assert f"--opset {too_new}" in msg and "writes opsets 18 to" in msg
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"checkpoint_path": "PAYLOAD"}, "checkpoint_path not allowed"),
+    ({"pretrained_cfg_overlay": {"file": "PAYLOAD"}}, "pretrained_cfg_overlay not allowed"),
+    ({"pretrained": True}, "pretrained not allowed"),
+    ({"layers": "1111"}, "layers must be a list of 4 integers"),
+    ({"stem_type": "evil"}, "stem_type must be one of"),
+    ({"block_args": {"attn_layer": "se"}}, "block_args must be"),
+])
+def test_arch_kwargs_are_allow_listed(run, tmp_path, kwargs, words):
+    """model.json's arch_kwargs reach timm.create_model, which reads checkpoint_path with
+    torch.load (weights_only=False before timm 1.0.26): only plain Res2Net shape arguments
+    pass, and the payload is never unpickled."""
+    d = copy_run(run, tmp_path)
+    marker = tmp_path / "executed"
+    torch.save({"weight": Payload(marker)}, tmp_path / "payload.pth")
+    md = json.loads((d / "model.json").read_text())
+    md["arch_kwargs"].update(json.loads(json.dumps(kwargs).replace(
+        "PAYLOAD", str(tmp_path / "payload.pth"))))
+    (d / "model.json").write_text(json.dumps(md))
+    msg = one_line_error(export(d / "model.pth", tmp_path / "o.onnx"))
+    assert words in msg and str(d / "model.json") in msg
+    assert not marker.exists()
+
+
+def test_arch_must_be_a_timm_res2net(run, tmp_path):
+    d = copy_run(run, tmp_path)
+    md = json.loads((d / "model.json").read_text())
+    md["arch"] = "hf-hub:someone/model"
+    (d / "model.json").write_text(json.dumps(md))
+    msg = one_line_error(export(d / "model.pth", tmp_path / "o.onnx"))
+    assert "unknown arch 'hf-hub:someone/model'" in msg and "res2net50_26w_4s" in msg
+
+
+def test_arch_kwargs_of_every_preset_are_allowed():
+    from trainer.model import PRESETS, ArchError, check_arch, create_model
+
+    for name, kwargs in PRESETS.values():
+        check_arch(name, kwargs)
+    model = create_model("res2net50_26w_4s", {
+        "layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "stem_width": 8,
+        "stem_type": "deep", "avg_down": True, "block_args": {"scale": 2},
+        "drop_path_rate": 0.1, "global_pool": "avgmax"})
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 1)
+    with pytest.raises(ArchError, match="checkpoint_path"):
+        create_model("res2net50_26w_4s", {"checkpoint_path": "x"})
+    assert issubclass(ArchError, ValueError)  # dfa-train reports it as a usage error
+
+
+def test_check_audio_folder_with_broken_files(exported, run, itw_dataset, tmp_path):
+    """A broken --check-audio file is skipped and named; a folder of only broken files is a
+    one-line error naming one of them."""
+    from export.verify import audio_files
+
+    out, _ = exported
+    model, metadata, _ = load_trained(run / "model.pth")
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF....not a wav")
+    good = str(itw_dataset / "audio" / "1.wav")
+    report = verify(model, out, metadata, audio=[str(broken), good])
+    assert report.ok, report.format()
+    assert "1 unreadable files skipped" in report.format() and str(broken) in report.format()
+    with pytest.raises(ExportError, match="none of the 1 --check-audio files") as e:
+        verify(model, out, metadata, audio=[str(broken)])
+    assert str(broken) in str(e.value)
+    with pytest.raises(ExportError, match="not a folder"):
+        audio_files(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ExportError, match="no audio files"):
+        audio_files(tmp_path / "empty")
 
 
 def test_load_trained_errors_are_export_errors(tmp_path):

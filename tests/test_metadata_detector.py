@@ -49,7 +49,7 @@ def test_newer_schema_is_refused(tmp_path):
     ("{not json", "not valid JSON"),
     ('{"schema_version": 1}', "no 'arch'"),
     ('{"schema_version": 1, "arch": "x", "colour": "red"}', "unknown metadata field"),
-    ('{"schema_version": 1, "arch": "x", "threshold": 2}', "threshold must be in"),
+    ('{"schema_version": 1, "arch": "x", "threshold": 2}', "threshold must be a number in"),
 ])
 def test_malformed_metadata(text, match):
     with pytest.raises(MetadataError, match=match):

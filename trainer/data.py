@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,13 +26,15 @@ SPLITS = ("train", "val", "test")
 FRACTIONS = (0.8, 0.1, 0.1)
 
 __all__ = ["DataError", "Problem", "problems_message", "load_meta", "make_splits",
-           "read_splits", "build_cache", "group_columns", "split_summary"]
+           "read_splits", "build_cache", "group_columns", "split_summary", "same_audio"]
 
 
-def load_meta(data_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[Problem]]:
+def load_meta(data_dir: str | os.PathLike, allow_outside: bool = False
+              ) -> tuple[pd.DataFrame, list[Problem]]:
     """meta.csv as a table (file, speaker, label 0/1, path, line, group columns) and its
-    problem rows; runtime.dataset.read_meta does the checking."""
-    rows, problems, groups = read_meta(data_dir)
+    problem rows; runtime.dataset.read_meta does the checking (allow_outside: accept
+    absolute and ../ paths)."""
+    rows, problems, groups = read_meta(data_dir, allow_outside=allow_outside)
     table = pd.DataFrame(
         [{"file": r.file, "speaker": r.speaker, "label": r.label, "path": r.path,
           "line": r.line, **r.groups} for r in rows],
@@ -158,6 +161,23 @@ def content_key(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def same_audio(lines, files, cache_files) -> list[Problem]:
+    """Rows whose audio is byte-identical to an earlier row's, as problem rows. The cache
+    is keyed by content, so such rows share a cache file; left in, one clip under two
+    names could land in train and test."""
+    first: dict[str, tuple[int, str]] = {}
+    repeats = []
+    for line, name, cache in zip(lines, files, cache_files, strict=True):
+        if cache is None:
+            continue
+        if cache in first:
+            line0, name0 = first[cache]
+            repeats.append(Problem(int(line), name, f"same audio as line {line0} ({name0})"))
+        else:
+            first[cache] = (int(line), name)
+    return repeats
+
+
 def cache_dir_for(root: str | os.PathLike, cfg: FeatureConfig) -> Path:
     """Features of one FeatureConfig live in their own folder: a config change can never
     reuse stale arrays."""
@@ -175,7 +195,7 @@ def _cache_one(args: tuple[str, str, str]) -> tuple[str, str | None, int, str | 
     """Worker: (path, cache file or None, windows, error). Runs in a worker process."""
     path, cfg_json, cache_root = args
     from runtime.audio import AudioError
-    from runtime.features import FeatureConfig, file_features
+    from runtime.features import FeatureConfig
 
     try:
         key = content_key(path)
@@ -187,17 +207,49 @@ def _cache_one(args: tuple[str, str, str]) -> tuple[str, str | None, int, str | 
             return path, str(target), int(np.load(target, mmap_mode="r").shape[0]), None
         except (OSError, ValueError):
             pass  # a damaged cache entry: compute it again
+    target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        feats = file_features(path, FeatureConfig.from_json(cfg_json)).features
+        windows = write_features(path, FeatureConfig.from_json(cfg_json), target)
     except AudioError as e:
         return path, None, 0, str(e)
     except Exception as e:  # noqa: BLE001 - report, do not kill the whole build
         return path, None, 0, f"feature extraction failed ({type(e).__name__}: {e})"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, feats)
-    os.replace(tmp, target)
-    return path, str(target), int(feats.shape[0]), None
+    return path, str(target), windows, None
+
+
+def write_features(path: str | os.PathLike, cfg: FeatureConfig, target: Path) -> int:
+    """Compute a file's windows one at a time and store them as target (.npy, shape
+    (windows, 1, H, W) float32, as file_features would return). Returns the window count.
+
+    Memory stays at one window whatever the file's length (a 6-hour file held every window
+    at once before): windows go to a raw temporary file as they come, and the .npy is
+    written once their count is known. Nothing is left at target when the file turns out
+    unusable, including the end-of-file checks iter_windows raises after its windows.
+    """
+    from runtime.features import iter_windows, window_features
+
+    stem = f"{target.stem}.{os.getpid()}.tmp"
+    raw, tmp = target.with_name(f"{stem}.raw"), target.with_name(f"{stem}.npy")
+    try:
+        count, shape = 0, None
+        with open(raw, "wb") as f:
+            for w in iter_windows(path, cfg):
+                feat = np.ascontiguousarray(window_features(w.audio, cfg), dtype="<f4")
+                f.write(feat.tobytes())
+                count, shape = count + 1, feat.shape
+        if not count:
+            raise ValueError("no windows")
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")),
+                  "fortran_order": False, "shape": (count, *shape)}
+        with open(tmp, "wb") as f, open(raw, "rb") as src:
+            np.lib.format.write_array_header_1_0(f, header)
+            shutil.copyfileobj(src, f, 1 << 20)
+        os.replace(tmp, target)
+        return count
+    finally:
+        for leftover in (raw, tmp):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
 
 
 @contextlib.contextmanager

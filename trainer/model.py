@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+from runtime.errors import DfaError
 
 # Every preset is timm's res2net50_26w_4s (ResNet-50 layout with Res2Net bottlenecks,
 # width 26, scale 4) with timm's own ResNet kwargs overriding depth and width.
@@ -20,6 +23,100 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 DEFAULT_PRESET = "res2net50"
 
 
+class ArchError(DfaError, ValueError):
+    """An arch or arch_kwargs dfa will not build (a usage error: exit 2)."""
+
+
+def _ints(n: int, lo: int, hi: int):
+    def check(v):
+        ok = (isinstance(v, (list, tuple)) and len(v) == n
+              and all(isinstance(x, int) and not isinstance(x, bool) and lo <= x <= hi
+                      for x in v))
+        return None if ok else f"a list of {n} integers in [{lo}, {hi}]"
+    return check
+
+
+def _int(lo: int, hi: int):
+    def check(v):
+        ok = isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+        return None if ok else f"an integer in [{lo}, {hi}]"
+    return check
+
+
+def _rate(v):
+    ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+          and 0.0 <= v < 1.0)
+    return None if ok else "a number in [0, 1)"
+
+
+def _bool(v):
+    return None if isinstance(v, bool) else "true or false"
+
+
+def _one_of(*choices):
+    def check(v):
+        return None if v in choices and type(v) is type(choices[0]) else \
+            f"one of {', '.join(repr(c) for c in choices)}"
+    return check
+
+
+def _block_args(v):
+    scale = _int(1, 16)
+    ok = isinstance(v, dict) and set(v) <= {"scale"} and all(scale(x) is None
+                                                              for x in v.values())
+    return None if ok else '{"scale": an integer in [1, 16]} (Res2Net scales per block)'
+
+
+# The arch_kwargs a model.json may carry: the plain-data arguments of timm's ResNet (which
+# builds every res2net* model) that shape a Res2Net, and nothing else. model.json travels
+# with weights from elsewhere, and timm.create_model also takes kwargs that read files or
+# fetch from the hub (checkpoint_path, pretrained_cfg_overlay, pretrained_cfg, cache_dir,
+# ...): an allow-list, not a deny-list, keeps a new timm argument from becoming a way in.
+ARCH_KWARGS: dict[str, Any] = {
+    "layers": _ints(4, 1, 64),  # blocks per stage
+    "channels": _ints(4, 1, 4096),  # bottleneck width per stage
+    "stem_width": _int(1, 1024),
+    "stem_type": _one_of("", "deep", "deep_tiered"),
+    "base_width": _int(1, 1024),  # Res2Net width (the 26 of 26w_4s)
+    "cardinality": _int(1, 64),  # Res2NeXt groups
+    "block_args": _block_args,  # the scale (the 4s of 26w_4s)
+    "avg_down": _bool,
+    "down_kernel_size": _one_of(1, 3),
+    "replace_stem_pool": _bool,
+    "output_stride": _one_of(8, 16, 32),
+    "global_pool": _one_of("avg", "max", "avgmax", "catavgmax"),
+    "drop_rate": _rate,
+    "drop_path_rate": _rate,
+    "drop_block_rate": _rate,
+    "zero_init_last": _bool,
+}
+
+
+def check_arch(arch: Any, arch_kwargs: Any) -> None:
+    """Raise ArchError unless `arch` is a timm res2net model and every kwarg is an allowed
+    name with a value of the allowed type and range."""
+    import timm
+
+    known = timm.list_models("res2net*")
+    if not isinstance(arch, str) or arch not in known:
+        raise ArchError(f"unknown arch {arch!r}: use a timm res2net model "
+                        f"({', '.join(known)})")
+    if arch_kwargs is None:
+        return
+    if not isinstance(arch_kwargs, dict):
+        raise ArchError(f"arch_kwargs must be an object of timm ResNet arguments, got "
+                        f"{type(arch_kwargs).__name__}")
+    unknown = sorted(str(k) for k in arch_kwargs if k not in ARCH_KWARGS)
+    if unknown:
+        raise ArchError(f"arch_kwargs {', '.join(unknown)} not allowed: remove "
+                        f"{'them' if len(unknown) > 1 else 'it'} (dfa builds a Res2Net only "
+                        f"from {', '.join(ARCH_KWARGS)})")
+    for key, value in arch_kwargs.items():
+        expected = ARCH_KWARGS[key](value)
+        if expected:
+            raise ArchError(f"arch_kwargs {key} must be {expected}, got {value!r}")
+
+
 def resolve_arch(arch: str) -> tuple[str, dict[str, Any]]:
     """(timm model name, kwargs) for a preset name or any timm res2net model name."""
     if arch in PRESETS:
@@ -29,7 +126,7 @@ def resolve_arch(arch: str) -> tuple[str, dict[str, Any]]:
 
     known = timm.list_models("res2net*")
     if arch not in known:
-        raise ValueError(
+        raise ArchError(
             f"unknown --arch {arch!r}: use a preset ({', '.join(PRESETS)}) or a timm "
             f"res2net model ({', '.join(known)})"
         )
@@ -37,9 +134,13 @@ def resolve_arch(arch: str) -> tuple[str, dict[str, Any]]:
 
 
 def create_model(arch: str, arch_kwargs: dict[str, Any] | None = None):
-    """Build the network: one input channel (a mel image), one output logit."""
+    """Build the network: one input channel (a mel image), one output logit.
+
+    `arch` and `arch_kwargs` are checked first (check_arch): they may come from a
+    model.json written elsewhere, and timm would act on any keyword it knows."""
     import timm
 
+    check_arch(arch, arch_kwargs)
     kwargs = dict(arch_kwargs or {})
     for key in ("layers", "channels"):  # JSON gives lists; timm wants tuples
         if key in kwargs:

@@ -21,7 +21,8 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,9 @@ import pandas as pd
 
 from runtime import __version__
 from runtime import metrics as M
+from runtime.errors import DfaError
 from runtime.features import FeatureConfig
-from runtime.metadata import ModelMetadata, aggregate
+from runtime.metadata import AGGREGATIONS, ModelMetadata, aggregate
 from trainer.data import (
     DataError,
     Problem,
@@ -40,6 +42,7 @@ from trainer.data import (
     make_splits,
     problems_message,
     read_splits,
+    same_audio,
     split_summary,
 )
 from trainer.model import count_parameters, create_model, resolve_arch
@@ -76,11 +79,42 @@ class TrainConfig:
     skip_bad: bool = False
     cache_dir: str = field(default_factory=default_cache_dir)
     aggregation: str = "mean"
+    allow_outside: bool = False  # meta.csv may name absolute and ../ paths
+    # Precise BatchNorm: eval-mode statistics recomputed after every epoch over up to this
+    # many training batches (0: keep the running averages); trainer/batchnorm.py says why.
+    bn_batches: int = 200
+    threads: int | None = None  # torch CPU threads (None: torch's default, one per core)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """The config of a run.json; ValueError names the first field that does not fit
+        (a hand-edited or damaged file), so --resume fails before any work."""
+        if not isinstance(d, dict):
+            raise ValueError(f"config is a JSON {type(d).__name__}, not an object")
+        hints = typing.get_type_hints(cls)
+        choices = {"split": ("stratified", "speaker"), "scheduler": ("none", "cosine"),
+                   "device": ("auto", "cpu", "cuda"), "aggregation": AGGREGATIONS}
+        kept = {}
+        for f in fields(cls):
+            if f.name not in d:
+                if f.default is MISSING and f.default_factory is MISSING:
+                    raise ValueError(f"config has no {f.name!r}")
+                continue
+            value, kind = d[f.name], hints[f.name]
+            allowed = typing.get_args(kind) or (kind,)
+            if float in allowed:  # JSON writes 1.0 as 1
+                allowed = (*allowed, int)
+            if (isinstance(value, bool) and bool not in allowed) or not isinstance(
+                    value, tuple(type(None) if a is None else a for a in allowed)):
+                name = kind.__name__ if isinstance(kind, type) else str(kind)
+                raise ValueError(f"config {f.name!r} is {value!r}, not {name}")
+            if float in allowed and type(value) is int:
+                value = float(value)
+            if f.name in choices and value not in choices[f.name]:
+                raise ValueError(f"config {f.name!r} is {value!r}; expected one of "
+                                 f"{', '.join(choices[f.name])}")
+            kept[f.name] = value
+        return cls(**kept)
 
     @property
     def feature_config(self) -> FeatureConfig:
@@ -204,7 +238,7 @@ class Log:
 
 def prepare_data(cfg: TrainConfig, out: Path, log: Log) -> None:
     """Validate meta.csv, build the feature cache, split; write dataset.csv and splits.csv."""
-    table, problems = load_meta(cfg.data_dir)
+    table, problems = load_meta(cfg.data_dir, allow_outside=cfg.allow_outside)
     meta = Path(cfg.data_dir) / "meta.csv"
     if problems and not cfg.skip_bad:
         raise DataError(problems_message(str(meta), problems,
@@ -216,17 +250,21 @@ def prepare_data(cfg: TrainConfig, out: Path, log: Log) -> None:
     bad_audio = [Problem(int(line), f, cached[p][2])
                  for line, f, p in zip(table["line"], table["file"], table["path"], strict=True)
                  if cached[p][2] is not None]
+    repeats = same_audio(table["line"], table["file"], [cached[p][0] for p in table["path"]])
+    bad_audio = sorted(bad_audio + repeats, key=lambda p: p.line)
     if bad_audio and not cfg.skip_bad:
-        raise DataError(problems_message(str(meta), bad_audio,
-                                         "fix or remove the audio, or pass --skip-bad"))
+        raise DataError(problems_message(
+            str(meta), bad_audio, "fix or remove the audio (or the rows that repeat a clip), "
+            "or pass --skip-bad"))
     left_out = len(problems) + len(bad_audio)
     if left_out:
         log.info(f"--skip-bad: left out {left_out} of {left_out + len(table) - len(bad_audio)} "
-                 "rows (bad meta.csv rows or unusable audio)")
+                 "rows (bad meta.csv rows, unusable or repeated audio)")
         for p in (problems + bad_audio)[:5]:
             log.info(f"  line {p.line}: {p.file}: {p.reason}")
     table["cache"] = [cached[p][0] for p in table["path"]]
     table["windows"] = [cached[p][1] for p in table["path"]]
+    table.loc[table["line"].isin([p.line for p in repeats]), "cache"] = None
     table = table[table["cache"].notna()].reset_index(drop=True)
     if cfg.splits_file:
         table["split"] = read_splits(cfg.splits_file, table)
@@ -333,6 +371,48 @@ def score_files(model, files: list[str], labels: list[int], dist: Dist, batch_si
     return scores, totals[0] / max(1.0, totals[1])
 
 
+def pin_determinism(cfg: TrainConfig, dist: Dist) -> None:
+    """What torch lets us pin so that a run repeats bit for bit on the same machine and
+    software: thread count (float sums depend on how work is split), deterministic kernels,
+    no cuDNN autotuning. Different CPUs or libraries can still round differently; the
+    recipe (precise BatchNorm, calibration on validation) is what keeps verdicts stable."""
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.backends.cudnn.benchmark = False
+    if dist.cuda:
+        torch.backends.cudnn.deterministic = True
+    else:
+        # On CUDA some backward kernels (adaptive pooling) have no deterministic version;
+        # there the per-seed repeatability of cuDNN's deterministic mode is what we get.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def recalibrate_batchnorm(model, dataset, cfg: TrainConfig, dist: Dist, epoch: int) -> int:
+    """Precise BatchNorm statistics for the epoch's final weights (trainer/batchnorm.py),
+    from the epoch's own training windows in a fixed order."""
+    import torch
+
+    from trainer.batchnorm import average_across_ranks, recalibrate
+
+    if cfg.bn_batches < 1:
+        return 0
+    gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch + 7919)
+    if dist.world > 1:
+        sampler = torch.utils.data.DistributedSampler(
+            dataset, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed + 1)
+        sampler.set_epoch(epoch)
+    else:
+        sampler = torch.utils.data.RandomSampler(dataset, generator=gen)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+                                         generator=gen)
+    used = recalibrate(model, (x for x, _ in loader),
+                       lambda x: forward_logits(model, x, dist, cfg.amp), cfg.bn_batches)
+    average_across_ranks(model, dist)
+    return used
+
+
 def rng_state(dist: Dist) -> dict:
     import torch
 
@@ -371,22 +451,48 @@ def run(cfg: TrainConfig, resume: bool = False) -> int:
             log.info(f"\ninterrupted: epoch {done} is the last one saved in {out}; continue "
                      f"with: dfa-train --resume {out}")
         return EXIT_INTERRUPTED
+    except Exception as e:
+        # A run that fails while preparing its data trained nothing: say so in run.json
+        # ("failed", with the reason) instead of leaving "preparing", so that the same
+        # --out can simply be started again and --resume can tell there is nothing to
+        # continue.
+        if dist.main and _status(out) == "preparing":
+            reason = str(e) if isinstance(e, DfaError) else f"{type(e).__name__}: {e}"
+            _set_status(out, cfg, "failed", error="; ".join(
+                " ".join(line.split()) for line in reason.splitlines() if line.strip()))
+        raise
     finally:
         dist.close()
 
 
-def _set_status(out: Path, cfg: TrainConfig, status: str) -> None:
+def _status(out: Path) -> str | None:
+    try:
+        state = json.loads((out / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return state.get("status") if isinstance(state, dict) else None
+
+
+def _set_status(out: Path, cfg: TrainConfig, status: str, error: str | None = None) -> None:
     if out.exists():
-        atomic_write_text(out / "run.json", json.dumps(
-            {"status": status, "dfa": __version__, "config": asdict(cfg)}, indent=2))
+        state = {"status": status, "dfa": __version__, "config": asdict(cfg)}
+        if error is not None:
+            state["error"] = error
+        atomic_write_text(out / "run.json", json.dumps(state, indent=2))
 
 
 def _last_epoch(out: Path) -> int:
+    """The last epoch metrics.jsonl records (0 if none); a torn last line is ignored."""
     path = out / "metrics.jsonl"
     if not path.exists():
         return 0
-    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    return lines[-1]["epoch"] if lines else 0
+    epoch = 0
+    for line in path.read_text().splitlines():
+        try:
+            epoch = int(json.loads(line)["epoch"])
+        except (ValueError, TypeError, KeyError):
+            continue
+    return epoch
 
 
 def _run(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log, torch) -> int:
@@ -411,6 +517,7 @@ def _run(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log, torch)
     train_files = by_split["train"]["cache"].tolist()
     train_labels = by_split["train"]["label"].astype(int).tolist()
 
+    pin_determinism(cfg, dist)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     model = create_model(arch_name, arch_kwargs).to(dist.device)
@@ -488,6 +595,7 @@ def _run(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log, torch)
         loss_sum, correct, seen = dist.sum([loss_sum, correct, seen])
         if scheduler is not None:
             scheduler.step()
+        recalibrate_batchnorm(model, dataset, cfg, dist, epoch)
         val = by_split["val"]
         val_scores, val_loss = score_files(model, val["cache"].tolist(),
                                            val["label"].astype(int).tolist(), dist,

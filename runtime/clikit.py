@@ -1,0 +1,145 @@
+"""What every dfa command shares: --version, --debug, the device choice, and the one place
+where errors become `prog: error: ...` and an exit code (handle_errors)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from enum import Enum
+
+import typer
+
+from runtime import __version__
+from runtime.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, DfaError
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dfa {__version__}")
+        raise typer.Exit()
+
+
+VERSION_OPTION = typer.Option(False, "--version", callback=_version, is_eager=True,
+                              help="Print the version and exit.")
+DEBUG_OPTION = typer.Option(False, "--debug", envvar="DFA_DEBUG",
+                            help="Show Python tracebacks (also DFA_DEBUG=1).")
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> DfaError:
+    """The error to raise for a usage problem found by a CLI itself."""
+    return DfaError(message, exit_code=code)
+
+
+def needs_train_extra(error: ModuleNotFoundError) -> DfaError:
+    return DfaError(f"{error.name} is not installed; install the training extra: "
+                    "pip install 'dfa[train]'")
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def handle_errors(prog: str):
+    """Decorator for a typer command: DfaError -> one line on stderr and its exit code;
+    Ctrl-C -> 130; any other exception is a bug: one line asking for --debug (exit 1),
+    or the traceback with --debug. The command's `debug` parameter is read by name."""
+
+    def wrap(command):
+        @functools.wraps(command)
+        def run(*args, **kwargs):
+            debug = bool(kwargs.get("debug")) or os.environ.get("DFA_DEBUG") not in (None, "",
+                                                                                     "0")
+            try:
+                return command(*args, **kwargs)
+            except (typer.Exit, typer.Abort, SystemExit):
+                raise
+            except DfaError as e:
+                if debug:
+                    traceback.print_exc()
+                # Our own messages: one line, except a data problem's list of first rows.
+                lines = [" ".join(x.split()) for x in str(e).strip().splitlines()]
+                typer.echo(f"{prog}: error: " + "\n  ".join(x for x in lines if x), err=True)
+                raise typer.Exit(e.exit_code) from None
+            except KeyboardInterrupt:
+                typer.echo(f"{prog}: interrupted", err=True)
+                raise typer.Exit(EXIT_INTERRUPTED) from None
+            except BrokenPipeError:
+                raise
+            except MemoryError:
+                typer.echo(f"{prog}: error: out of memory; use a smaller --batch-size or "
+                           "fewer files at once", err=True)
+                raise typer.Exit(EXIT_FAILED) from None
+            except Exception as e:  # noqa: BLE001 - a bug: say so, in one line
+                if debug:
+                    traceback.print_exc()
+                typer.echo(f"{prog}: internal error ({type(e).__name__}: {one_line(e, 160)}); "
+                           "this is a bug: rerun with --debug and report the traceback",
+                           err=True)
+                raise typer.Exit(EXIT_FAILED) from None
+
+        return run
+
+    return wrap
+
+
+def app_main(application, single_thread_blas: bool = True) -> None:
+    """Entry point of every dfa console script."""
+    if single_thread_blas:
+        # numpy's BLAS is used for small matrices in the runtime; its own threads would only
+        # compete with onnxruntime's (set before numpy is first imported; a user's setting
+        # wins). Not for training: torch takes its thread count from OMP_NUM_THREADS.
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
+    # Names that are not valid UTF-8 arrive as surrogate escapes: print them back as the
+    # bytes they were instead of failing on them.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="surrogateescape")
+        except (AttributeError, ValueError):
+            pass
+    # A reader that stops early (dfa-detect ... | head) should not cause a traceback.
+    try:
+        application()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(EXIT_FAILED)
+
+
+def check_output(path, option: str, inputs=()) -> None:
+    """Refuse, before any work, an output path that cannot be written or that would
+    overwrite one of the command's inputs (`inputs`: paths the user gave us to read)."""
+    from pathlib import Path
+
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise DfaError(f"{option} {path}: is a folder; give a file name")
+    if not parent.is_dir():
+        raise DfaError(f"{option} {path}: folder {parent} does not exist; create it first")
+    for given in inputs:
+        if given is None:
+            continue
+        try:
+            same = path.exists() and Path(given).exists() and os.path.samefile(path, given)
+        except OSError:
+            same = False
+        if same or path.resolve() == Path(given).resolve():
+            raise DfaError(f"{option} {path}: is one of the inputs ({given}); it would be "
+                           "overwritten: choose another file name")
+    probe = parent / f".{path.name}.probe{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise DfaError(f"{option} {path}: cannot write there ({e.strerror or e}); choose "
+                       "another path") from e
