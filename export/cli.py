@@ -96,6 +96,9 @@ def export(
                                         "float label."),
     force: bool = typer.Option(False, "--force", help="Write the int8 model even when the "
                                "int8 gate refuses it."),
+    allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="Accept "
+                                             "--calibration meta.csv rows with absolute or "
+                                             "../ paths (left out by default)."),
     debug: bool = DEBUG_OPTION,
     version: bool = VERSION_OPTION,
 ) -> None:
@@ -137,7 +140,8 @@ def export(
                        "torch (see the checks above)", code=1)
         if int8:
             _int8(tmp_fp32, tmp_int8, out_onnx, metadata, calibration, calibration_files,
-                  agreement_files, max_eer_increase, margin, min_agreement, force)
+                  agreement_files, max_eer_increase, margin, min_agreement, force,
+                  allow_outside_paths)
             os.replace(tmp_int8, out_onnx)
         else:
             os.replace(tmp_fp32, out_onnx)
@@ -151,7 +155,7 @@ def export(
 
 def _int8(fp32: Path, out: Path, out_onnx: Path, metadata, data: Path, n_cal: int,
           n_agree: int, max_eer_increase: float, margin: float, min_agreement: float,
-          force: bool) -> None:
+          force: bool, allow_outside: bool = False) -> None:
     from export.quantize import (
         agreement,
         calibration_windows,
@@ -164,10 +168,15 @@ def _int8(fp32: Path, out: Path, out_onnx: Path, metadata, data: Path, n_cal: in
     from runtime.dataset import DataError
     from runtime.errors import CheckFailed
 
+    problems: list = []
     try:
-        files = dataset_files(data)
+        files = dataset_files(data, allow_outside=allow_outside, problems=problems)
     except DataError as e:
         raise fail(f"--calibration: {e}") from None
+    if problems:
+        first = problems[0]
+        say(f"dfa-export: --calibration: left out {len(problems)} meta.csv problem row(s), "
+            f"first: line {first.line}: {first.file}: {first.reason}")
     if not files.paths:
         raise fail(f"{data}: no audio files to calibrate on; give --calibration a folder of "
                    "wav/flac audio")

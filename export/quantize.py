@@ -34,11 +34,16 @@ class LabelledFiles:
         return head, LabelledFiles(self.paths[n:], self.labels and self.labels[n:])
 
 
-def dataset_files(folder: Path, seed: int = 0) -> LabelledFiles:
-    """Files of an In-the-Wild-layout folder (with labels) or any folder of audio, shuffled."""
+def dataset_files(folder: Path, seed: int = 0, allow_outside: bool = False,
+                  problems: list | None = None) -> LabelledFiles:
+    """Files of an In-the-Wild-layout folder (with labels) or any folder of audio, shuffled.
+    meta.csv's problem rows (bad label, missing audio, a path outside the folder unless
+    allow_outside) are left out and appended to `problems` when given."""
     rng = np.random.default_rng(seed)
     if (folder / "meta.csv").is_file():
-        rows, _, _ = read_meta(folder)  # problem rows (bad label, missing audio) are skipped
+        rows, skipped, _ = read_meta(folder, allow_outside=allow_outside)
+        if problems is not None:
+            problems.extend(skipped)
         order = rng.permutation(len(rows))
         return LabelledFiles([rows[i].path for i in order], [rows[i].label for i in order])
     found = sorted(str(p) for p in folder.rglob("*") if p.is_file() and is_audio_path(p))

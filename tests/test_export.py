@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 torch = pytest.importorskip("torch")
 
@@ -195,6 +196,19 @@ def test_int8_calibration_folder_without_usable_audio(run, tmp_path):
                                       "--calibration", broken), code=2)
     assert str(broken) in msg and "could be decoded" in msg and "--calibration" in msg
     assert not out.exists()
+
+
+def test_int8_calibration_rows_outside_the_folder_are_left_out_and_said(run, tmp_path):
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    outside = tmp_path / "elsewhere.wav"
+    sf.write(str(outside), 0.1 * np.random.default_rng(0).standard_normal(32000), 16000)
+    (calib / "meta.csv").write_text(f"file,speaker,label\n{outside},x,bona-fide\n")
+    out = tmp_path / "int8.onnx"
+    r = export(run / "model.pth", out, "--quantize", "int8", "--calibration", calib)
+    assert r.exit_code == 2 and not out.exists()
+    assert "left out 1 meta.csv problem row(s)" in r.stderr
+    assert "outside the data folder" in r.stderr and "no audio files to calibrate" in r.stderr
 
 
 # ------------------------------------------------------------------------ int8 gate
