@@ -150,7 +150,8 @@ def _check_file(path: Path) -> int:
 def _check_ogg_pages(path: Path, size: int) -> None:
     """Catch Ogg files (Vorbis, Opus, FLAC-in-Ogg) cut short: libsndfile decodes what is
     there and reports that shorter length as the whole file. A complete stream ends with a
-    page flagged end-of-stream, and every page's segments lie inside the file."""
+    page flagged end-of-stream, and every page's segments lie inside the file. Bytes after
+    the last page (an ID3v1 or APE tag, padding) are not audio and are left alone."""
     try:
         with open(path, "rb") as f:
             if f.read(4) != b"OggS":
@@ -159,10 +160,11 @@ def _check_ogg_pages(path: Path, size: int) -> None:
             while pos < size:
                 f.seek(pos)
                 head = f.read(27)
-                if len(head) < 27 or head[:4] != b"OggS":
-                    raise AudioError(
-                        f"truncated or corrupt Ogg stream (no page at byte {pos} of {size}); "
-                        "re-export or re-download the file")
+                if len(head) < 4 or head[:4] != b"OggS":
+                    break  # trailing bytes that are not a page: the stream ended before
+                if len(head) < 27:
+                    raise AudioError("truncated: the last Ogg page is cut short; re-export "
+                                     "or re-download the file")
                 table = f.read(head[26])
                 end = pos + 27 + head[26] + sum(table)
                 if len(table) < head[26] or end > size:

@@ -21,8 +21,8 @@ from runtime.clikit import (
     fail,
     handle_errors,
 )
-from runtime.detector import MAX_BATCH
 from runtime.errors import EXIT_FAILED
+from runtime.limits import MAX_BATCH
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 every input was scored; 1 at least one input failed (the others are "
@@ -341,7 +341,7 @@ def evaluate_cmd(
     if scores is not None:
         check_output(scores, "--scores", inputs)
     if plot is not None:
-        check_output(plot, "--plot", inputs)
+        check_output(plot, "--plot", (*inputs, scores))
     if plot is not None:
         from runtime.plots import PlotError, require_matplotlib
 

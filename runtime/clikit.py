@@ -78,9 +78,21 @@ def handle_errors(prog: str):
                 typer.echo(f"{prog}: error: out of memory; use a smaller --batch-size or "
                            "fewer files at once", err=True)
                 raise typer.Exit(EXIT_FAILED) from None
+            except OSError as e:
+                # The machine, not dfa: a full disk, a file that vanished, a read-only place.
+                if debug:
+                    traceback.print_exc()
+                where = f"{e.filename}: " if e.filename else ""
+                typer.echo(f"{prog}: error: {where}{e.strerror or one_line(e, 160)}; free space "
+                           "or choose another path, then run again", err=True)
+                raise typer.Exit(EXIT_FAILED) from None
             except Exception as e:  # noqa: BLE001 - a bug: say so, in one line
                 if debug:
                     traceback.print_exc()
+                if type(e).__name__ == "OutOfMemoryError":  # torch's, matched by name
+                    typer.echo(f"{prog}: error: out of GPU memory; use a smaller "
+                               "--batch-size", err=True)
+                    raise typer.Exit(EXIT_FAILED) from None
                 typer.echo(f"{prog}: internal error ({type(e).__name__}: {one_line(e, 160)}); "
                            "this is a bug: rerun with --debug and report the traceback",
                            err=True)

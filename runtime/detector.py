@@ -16,6 +16,7 @@ import numpy as np
 from runtime.audio import AudioError
 from runtime.errors import DfaError, InvalidArgument
 from runtime.features import iter_windows, window_features
+from runtime.limits import MAX_BATCH
 from runtime.metadata import (
     AGGREGATIONS,
     INPUT_NAME,
@@ -31,9 +32,6 @@ DEVICES = ("auto", "cpu", "cuda")
 # windows gain under 3% while res2net50's activations at batch 16 take 250 MB more; a GPU
 # wants larger batches.
 DEFAULT_BATCH_CPU, DEFAULT_BATCH_CUDA = 4, 32
-# A batch of 224x224 windows is 200 kB per window before the model's activations (res2net50:
-# ~25 MB per window on CPU): 512 is past any speed gain and still fits a GPU.
-MAX_BATCH = 512
 
 
 def default_threads() -> int:

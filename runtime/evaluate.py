@@ -82,7 +82,10 @@ def write_scores(path: Path, evaluation: Evaluation) -> None:
     """ASVspoof-style score file: `file score label` per line."""
     names = {0: "bona-fide", 1: "spoof"}
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        for row, score in zip(evaluation.rows, evaluation.scores, strict=True):
-            f.write(f"{row.file} {score:.6f} {names[row.label]}\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            for row, score in zip(evaluation.rows, evaluation.scores, strict=True):
+                f.write(f"{row.file} {score:.6f} {names[row.label]}\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -93,15 +93,24 @@ class FeatureConfig:
         number("fmax", self.fmin, self.sample_rate / 2, optional=True)
         if self.fmax is not None and self.fmax <= self.fmin:
             bad(f"fmax ({self.fmax}) must be above fmin ({self.fmin})")
-        # Windows: at least one FFT frame, at most ten minutes; the hop at least 10 ms so
-        # an hour of audio is at most 360,000 windows.
-        number("window_s", self.n_fft / self.sample_rate, 600.0, optional=True)
+        # Windows: at least one FFT frame, at most a minute and 8192 STFT frames (a 4 s
+        # window has 224); the hop at least 10 ms and at least 1/32 of the window, so a
+        # sample is in at most 32 windows and an hour of audio is at most 360,000 windows.
+        number("window_s", self.n_fft / self.sample_rate, 60.0, optional=True)
         number("window_hop_s", 0.01, 3600.0)
+        if self.window_s is not None:
+            if self.window_hop_s < self.window_s / 32:
+                bad(f"window_hop_s {self.window_hop_s} overlaps windows of {self.window_s} s "
+                    "more than 32-fold; use a hop of at least window_s / 32")
+            frames = int(round(self.window_s * self.sample_rate)) // self.hop_length + 1
+            if frames > 8192:
+                bad(f"a window of {self.window_s} s at hop_length {self.hop_length} has "
+                    f"{frames} STFT frames (at most 8192); raise hop_length")
         number("min_duration_s", self.n_fft / self.sample_rate, 600.0)
         number("silence_dbfs", -200.0, 0.0)
         number("top_db", 1e-3, 400.0)
-        number("image_height", 1, 4096, integer=True)
-        number("image_width", 1, 4096, integer=True)
+        number("image_height", 1, 1024, integer=True)
+        number("image_width", 1, 1024, integer=True)
         if self.pad not in PAD_MODES:
             bad(f"pad must be one of {PAD_MODES}, got {self.pad!r}")
         if self.normalize not in NORMALIZE_MODES:

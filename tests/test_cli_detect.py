@@ -229,3 +229,27 @@ def test_stdin_mode_answers_each_path_before_the_next_arrives(probe_model, clips
         assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
+
+
+def test_cli_pins_blas_to_one_thread_before_numpy_loads():
+    """app_main sets OPENBLAS/OMP/MKL_NUM_THREADS=1 for the runtime CLIs; that only works
+    if importing the CLI module has not loaded numpy yet (BENCHMARKS.md: BLAS threads
+    competing with onnxruntime cost a third of the throughput)."""
+    code = (
+        "import sys\n"
+        "import runtime.cli\n"
+        "print('numpy loaded at import:', 'numpy' in sys.modules)\n"
+        "from runtime.clikit import app_main\n"
+        "def app():\n"
+        "    from threadpoolctl import threadpool_info\n"
+        "    import numpy\n"
+        "    print('blas threads:', sorted({i['num_threads'] for i in threadpool_info()\n"
+        "                                   if i['user_api'] == 'blas'}))\n"
+        "app_main(app)\n"
+    )
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["numpy loaded at import: False", "blas threads: [1]"]

@@ -97,3 +97,25 @@ def test_same_audio_rows():
                           ["k1.npy", None, "k1.npy", "k2.npy"])
     assert [(p.line, p.file, p.reason) for p in problems] == [
         (4, "c.wav", "same audio as line 2 (a.wav)")]
+
+
+def test_a_cache_that_cannot_be_written_stops_the_build_not_the_file(tmp_path, monkeypatch):
+    """A full or read-only cache disk is not bad audio: it must not become a problem row
+    (which --skip-bad would silently leave out)."""
+    import errno
+
+    import trainer.data as data
+    from runtime.dataset import DataError
+
+    wav = af.write(tmp_path / "ok.wav", af.tone(3.0), subtype="PCM_16")
+    root = data.cache_dir_for(tmp_path / "cache", FAST_FEATURES)
+    real_open = open
+
+    def full(p, mode="r", *a, **k):
+        if "w" in mode and str(p).endswith(".raw"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(p))
+        return real_open(p, mode, *a, **k)
+
+    monkeypatch.setattr(data, "open", full, raising=False)
+    with pytest.raises(DataError, match="cannot write the feature cache .*No space left"):
+        data._cache_one((wav, FAST_FEATURES.to_json(), str(root)))

@@ -458,3 +458,11 @@ def test_eval_refuses_paths_outside_the_data_folder_unless_allowed(tmp_path, pro
                                  "--allow-outside-paths"])
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["n"] == 3
+
+
+def test_ogg_with_a_trailing_tag_is_scored(tmp_path, detector):
+    full = af.write(tmp_path / "tagged.ogg", af.noise(3.0), fmt="OGG", subtype="VORBIS")
+    with open(full, "ab") as f:
+        f.write(b"TAG" + bytes(125))  # an ID3v1 tag, as some taggers append
+    r = detector.score_file(full)
+    assert r.ok and r.duration_s == pytest.approx(3.0, abs=0.01)

@@ -366,6 +366,8 @@ def fake_run(folder: Path, data: Path, status="interrupted") -> Path:
      "config 'epochs' is 'ten', not int"),
     ('{"status": "training", "config": {"data_dir": "d", "out": "x", "features": '
      '{"n_mels": -1}}}', "invalid FeatureConfig"),
+    ('{"status": "training", "config": {"data_dir": "d", "out": "x", "batch_size": 0}}',
+     "config 'batch_size' is 0; it must be at least 2"),
 ])
 def test_resume_reports_a_corrupt_run_json(tmp_path, text, expect):
     (tmp_path / "run.json").write_text(text)

@@ -23,8 +23,9 @@ from runtime.clikit import (
 )
 
 EXIT_CODES_HELP = (
-    "Exit codes: 0 trained and reported; 2 bad data or usage (nothing trained; the message "
-    "lists the first problem rows); 130 interrupted (resume with --resume RUN_DIR)."
+    "Exit codes: 0 trained and reported; 1 the run failed on the way (out of memory, a "
+    "full disk, or a bug: see the message); 2 bad data or usage (nothing trained; the "
+    "message lists the first problem rows); 130 interrupted (resume with --resume RUN_DIR)."
 )
 
 

@@ -207,11 +207,16 @@ def _cache_one(args: tuple[str, str, str]) -> tuple[str, str | None, int, str | 
             return path, str(target), int(np.load(target, mmap_mode="r").shape[0]), None
         except (OSError, ValueError):
             pass  # a damaged cache entry: compute it again
-    target.parent.mkdir(parents=True, exist_ok=True)
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         windows = write_features(path, FeatureConfig.from_json(cfg_json), target)
     except AudioError as e:
         return path, None, 0, str(e)
+    except OSError as e:
+        # The audio was read (decoding problems are AudioError): the cache cannot be
+        # written. That stops the build; it is no reason to leave the file out.
+        raise DataError(f"{cache_root}: cannot write the feature cache ({e.strerror or e}); "
+                        "free space there or pass another --cache-dir") from e
     except Exception as e:  # noqa: BLE001 - report, do not kill the whole build
         return path, None, 0, f"feature extraction failed ({type(e).__name__}: {e})"
     return path, str(target), windows, None

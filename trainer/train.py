@@ -30,7 +30,7 @@ import pandas as pd
 
 from runtime import __version__
 from runtime import metrics as M
-from runtime.errors import DfaError
+from runtime.errors import EXIT_INTERRUPTED, DfaError
 from runtime.features import FeatureConfig
 from runtime.metadata import AGGREGATIONS, ModelMetadata, aggregate
 from trainer.data import (
@@ -46,8 +46,6 @@ from trainer.data import (
     split_summary,
 )
 from trainer.model import count_parameters, create_model, resolve_arch
-
-EXIT_INTERRUPTED = 130
 
 
 def default_cache_dir() -> str:
@@ -113,6 +111,15 @@ class TrainConfig:
             if f.name in choices and value not in choices[f.name]:
                 raise ValueError(f"config {f.name!r} is {value!r}; expected one of "
                                  f"{', '.join(choices[f.name])}")
+            # The CLI's own ranges (dfa-train --help), so a hand-edited run.json cannot
+            # reach the data loader with a batch of 0.
+            lowest = {"epochs": 1, "batch_size": 2, "workers": 1, "bn_batches": 0,
+                      "threads": 1, "lr": 0.0}.get(f.name)
+            if lowest is not None and value is not None and value < lowest:
+                raise ValueError(f"config {f.name!r} is {value!r}; it must be at least "
+                                 f"{lowest}")
+            if f.name == "target_fpr" and value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"config 'target_fpr' is {value!r}; it must be in [0, 1]")
             kept[f.name] = value
         return cls(**kept)
 
@@ -126,16 +133,22 @@ class TrainConfig:
 
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:  # a full disk leaves no half-written temp file behind
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_torch_save(obj, path: Path) -> None:
     import torch
 
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class Dist:
