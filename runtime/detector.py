@@ -48,6 +48,11 @@ class ModelError(DfaError):
     """The model file cannot be used. One line naming the file and the remedy."""
 
 
+class InferenceFailed(ModelError):
+    """onnxruntime raised while running a batch (memory, a kernel failure). The model
+    itself loaded and has the right interface."""
+
+
 class DeviceError(DfaError):
     """The requested device cannot be used. One line saying why and what to do."""
 
@@ -215,6 +220,7 @@ class Detector:
             )
         # A graph exported with a fixed batch of 1 still works, one window at a time.
         self._max_batch = shape[0] if isinstance(shape[0], int) else None
+        self._scored_once = False
 
     @property
     def providers(self) -> list[str]:
@@ -231,7 +237,7 @@ class Detector:
                 out = np.asarray(self.session.run([OUTPUT_NAME], {INPUT_NAME: part})[0])
             except Exception as e:  # noqa: BLE001 - onnxruntime's Fail, RuntimeException...
                 reason = " ".join(str(e).split())[:160]
-                raise ModelError(
+                raise InferenceFailed(
                     f"{self.model_path}: onnxruntime failed on a batch of {len(part)} windows "
                     f"({reason}); use a smaller --batch-size, or re-export the model") from e
             # One P(spoof) per window: (n,) or (n, 1). Anything else is not a dfa model.
@@ -341,11 +347,29 @@ class Detector:
         put(("done",))
 
     def _run(self, batch: list[np.ndarray], owners: list[tuple[_Job, int, int]]) -> None:
-        scores = self.predict(np.stack(batch))
         sr = self.features.sample_rate
-        for (job, start, end), p in zip(owners, scores, strict=True):
+        failed: dict[int, str] = {}
+        try:
+            scores = self.predict(np.stack(batch))
+        except InferenceFailed as e:
+            if not self._scored_once:  # the very first batch: the model cannot run here
+                raise
+            # It ran before: a passing failure (memory, a stream running out) must not end
+            # a long run or a watcher. Window by window, and only the files it hits fail.
+            scores = np.full(len(batch), np.nan)
+            for i, window in enumerate(batch):
+                try:
+                    scores[i] = self.predict(window[None])[0]
+                except InferenceFailed:
+                    failed[i] = str(e).split(": ", 1)[-1]
+        self._scored_once = True
+        for i, ((job, start, end), p) in enumerate(zip(owners, scores, strict=True)):
             job.outstanding -= 1
             if job.error is not None:
+                continue
+            if i in failed:
+                job.error = (f"{failed[i]} (window {start / sr:.2f}-{end / sr:.2f} s, also "
+                             "alone)")
                 continue
             if not 0.0 <= p <= 1.0:  # NaN fails this too: never a verdict from it
                 job.error = (f"the model gave P(spoof) = {p} for {start / sr:.2f}-{end / sr:.2f} "

@@ -466,3 +466,45 @@ def test_ogg_with_a_trailing_tag_is_scored(tmp_path, detector):
         f.write(b"TAG" + bytes(125))  # an ID3v1 tag, as some taggers append
     r = detector.score_file(full)
     assert r.ok and r.duration_s == pytest.approx(3.0, abs=0.01)
+
+
+class FlakySession:
+    """Wraps an onnxruntime session: after the first call, batches of several windows fail
+    (as a GPU out of memory would), and so does any window `bad(window)` picks."""
+
+    def __init__(self, session, bad):
+        self.session, self.bad, self.calls = session, bad, 0
+
+    def run(self, names, feeds):
+        self.calls += 1
+        x = next(iter(feeds.values()))
+        if self.calls > 1 and (len(x) > 1 or self.bad(x[0])):
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return self.session.run(names, feeds)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def test_a_failing_batch_after_the_first_costs_only_the_files_it_hits(probe_model, clips):
+    from tests.onnx_models import probe_scores
+
+    det = Detector(probe_model, device="cpu", batch_size=4)
+    noisy = lambda window: probe_scores(window[None])[0] > 0.5  # noqa: E731
+    det.session = FlakySession(det.session, noisy)
+    paths = [clips["tone"], clips["long"], clips["noise"], clips["tone"]]
+    results = list(det.score(paths))
+    assert [r.ok for r in results] == [True, True, False, True]
+    assert "onnxruntime failed" in results[2].error and "\n" not in results[2].error
+    healthy = Detector(probe_model, device="cpu", batch_size=4)
+    for r, ref in zip(results, healthy.score(paths), strict=True):
+        if r.ok:
+            assert r.score == pytest.approx(ref.score, abs=1e-6)
+
+
+def test_a_model_that_cannot_run_its_first_batch_is_a_model_error(probe_model, clips):
+    det = Detector(probe_model, device="cpu")
+    det.session = FlakySession(det.session, lambda w: True)
+    det.session.calls = 1  # fail from the first call on
+    with pytest.raises(ModelError, match="onnxruntime failed"):
+        list(det.score([clips["tone"]]))
