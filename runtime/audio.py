@@ -44,6 +44,7 @@ _TRUNCATION_TOLERANCE = 0.02
 # The largest |sample| accepted (+24 dBFS). Beyond it the file is refused: see the module
 # docstring. Squared in float32 it stays far from overflow (and so do the FFT's sums).
 MAX_ABS_SAMPLE = 16.0
+MIN_SAMPLE_RATE = 1000
 
 
 class AudioError(DfaError):
@@ -73,8 +74,10 @@ def decode_blocks(path: str | os.PathLike, sample_rate: int,
     if source is None:
         source = _open_audioread(path)
     rate, channels, declared, blocks = source
-    if rate <= 0 or channels <= 0:
-        raise AudioError(f"invalid header (sample rate {rate}, {channels} channels)")
+    if rate < MIN_SAMPLE_RATE or channels <= 0:
+        # A corrupt header can claim 1 Hz: hours of "audio" from a few kB.
+        raise AudioError(f"invalid header (sample rate {rate} Hz, {channels} channels; "
+                         f"speech needs at least {MIN_SAMPLE_RATE} Hz); re-export the file")
     block_frames = max(1, int(rate * block_seconds))
     resampler = None
     if rate != sample_rate:
@@ -121,6 +124,8 @@ def _check_file(path: Path) -> int:
     """The file's size, or AudioError for anything that is not a readable regular file."""
     try:
         st = os.stat(path)
+    except ValueError as e:  # a NUL byte in the name
+        raise AudioError("invalid file name (it contains a NUL byte)") from e
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.ENOTDIR):
             raise AudioError("no such file; check the path") from e

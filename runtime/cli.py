@@ -53,7 +53,7 @@ def expand_inputs(paths: Iterable[Path]) -> Iterator[tuple[str, str | None]]:
     for p in paths:
         try:
             is_dir = p.is_dir()
-        except OSError:  # a name too long, a loop of links...: the decoder says which
+        except (OSError, ValueError):  # too long, a NUL byte, a loop...: the decoder says
             is_dir = False
         if not is_dir:
             yield str(p), None
@@ -142,6 +142,9 @@ class Writer:
                                          round(s.score, 6)])
 
 
+MAX_LINE = 65536  # bytes of one --stdin line kept (PATH_MAX is 4096 on Linux)
+
+
 def stdin_lines(stream) -> Iterator:
     """Lines of `stream`, with FLUSH whenever the next line is not already waiting.
 
@@ -156,7 +159,7 @@ def stdin_lines(stream) -> Iterator:
         fd = stream.fileno()
     except (AttributeError, OSError, ValueError):
         for line in stream:
-            yield line.rstrip("\r\n")
+            yield line.rstrip("\r\n")[:MAX_LINE]
             yield FLUSH
         return
     pending = b""
@@ -167,10 +170,13 @@ def stdin_lines(stream) -> Iterator:
             chunk = os.read(fd, 65536)
             if not chunk:
                 if pending:
-                    yield os.fsdecode(pending).rstrip("\r")
+                    yield os.fsdecode(pending[:MAX_LINE]).rstrip("\r")
                 return
+            if len(pending) > MAX_LINE and b"\n" not in chunk:
+                continue  # no path is this long: keep its start, drop the rest of the line
             pending += chunk
         line, pending = pending.split(b"\n", 1)
+        line = line[:MAX_LINE]  # fails as a name too long; memory stays bounded
         # As the file system spells names: a name that is not UTF-8 still opens.
         yield os.fsdecode(line).rstrip("\r")
 
@@ -213,8 +219,9 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 )
 @handle_errors("dfa-detect")
 def detect(
+    # readable=False: an unreadable file is that file's error, not the whole run's.
     paths: list[Path] | None = typer.Argument(None, help="Audio files or directories.",
-                                              show_default=False),
+                                              show_default=False, readable=False),
     model: Path = typer.Option(Path("model.onnx"), "--model", "-m", envvar="DFA_MODEL",
                                help="dfa ONNX model (default: $DFA_MODEL, else ./model.onnx)."),
     device: Device = typer.Option(Device.auto, help="cpu, cuda (fails plainly if onnxruntime "
@@ -307,7 +314,8 @@ class EvalFormat(str, Enum):
 )
 @handle_errors("dfa-eval")
 def evaluate_cmd(
-    data_dir: Path = typer.Argument(..., help="Folder with meta.csv.", show_default=False),
+    data_dir: Path = typer.Argument(..., help="Folder with meta.csv.", show_default=False,
+                                    readable=False),
     model: Path = typer.Option(Path("model.onnx"), "--model", "-m", envvar="DFA_MODEL",
                                help="dfa ONNX model (default: $DFA_MODEL, else ./model.onnx)."),
     splits: Path | None = typer.Option(None, help="splits.csv from dfa-train: evaluate one "
@@ -360,11 +368,15 @@ def evaluate_cmd(
         bar.close()
     if scores is not None:
         write_scores(scores, result)
-    if plot is not None:
+    plot_error = None
+    if plot is not None:  # drawn before the report names it; a failure never hides the report
         from runtime.plots import plot_roc_det
 
         labels = [r.label for r in result.rows]
-        plot_roc_det(plot, {data_dir.name or str(data_dir): (labels, result.scores)})
+        if len(set(labels)) < 2:
+            plot_error = "ROC and DET curves need bona-fide and spoof files; not drawn"
+        else:
+            plot_roc_det(plot, {data_dir.name or str(data_dir): (labels, result.scores)})
     what = f"{data_dir}" + (f" (split {split or 'test'} of {splits})" if splits else "")
     if fmt is EvalFormat.json:
         print(json.dumps({"data": str(data_dir), "model": str(model),
@@ -377,13 +389,17 @@ def evaluate_cmd(
         print("\n".join(format_report(result.summary, result.groups)))
         if scores is not None:
             print(f"  scores          {scores}")
-        if plot is not None:
+        if plot is not None and plot_error is None:
             print(f"  plot            {plot}")
+    if plot_error is not None:
+        typer.echo(f"dfa-eval: --plot {plot}: {plot_error}", err=True)
     if result.failed:
         for f, err in result.failed[:10]:
             typer.echo(f"dfa-eval: {f}: {err}", err=True)
         typer.echo(f"dfa-eval: {len(result.failed)} files failed; the metrics cover the "
                    f"{len(result.rows)} scored", err=True)
+        raise typer.Exit(EXIT_FAILED)
+    if plot_error is not None:
         raise typer.Exit(EXIT_FAILED)
 
 

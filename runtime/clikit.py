@@ -148,6 +148,11 @@ def check_output(path, option: str, inputs=()) -> None:
         if same or path.resolve() == Path(given).resolve():
             raise DfaError(f"{option} {path}: is one of the inputs ({given}); it would be "
                            "overwritten: choose another file name")
+    from runtime.audio import is_audio_path
+
+    if path.exists() and is_audio_path(path):
+        raise DfaError(f"{option} {path}: is an audio file; it would be overwritten: choose "
+                       "another file name")
     probe = parent / f".{path.name}.probe{os.getpid()}"
     try:
         probe.write_bytes(b"")

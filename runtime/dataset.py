@@ -65,6 +65,18 @@ def is_outside(name: str) -> bool:
     return norm == os.pardir or norm.startswith(os.pardir + os.sep)
 
 
+_EXTRA = "\x00extra"  # not a possible column name: fields beyond the header, per row
+
+
+def _regular_file(path: Path) -> bool:
+    """is_file() that answers False instead of raising (a name too long, a NUL byte, a
+    folder that cannot be entered): such a row is a problem row, not the end of the run."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def read_meta(data_dir: str | os.PathLike, *, allow_outside: bool = False
               ) -> tuple[list[Row], list[Problem], list[str]]:
     """(usable rows, problem rows, group column names) of DATA_DIR/meta.csv.
@@ -76,14 +88,20 @@ def read_meta(data_dir: str | os.PathLike, *, allow_outside: bool = False
     """
     data_dir = Path(data_dir)
     meta = data_dir / "meta.csv"
-    if not meta.is_file():
+    if not _regular_file(meta):
         raise DataError(f"{meta}: not found; DATA_DIR must contain meta.csv "
                         "(columns file,speaker,label)")
     try:
         with open(meta, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
-            columns = [c.strip() for c in reader.fieldnames or []]
-            raw = [{(k or "").strip(): (v or "") for k, v in r.items()} for r in reader]
+            # Columns without a name (a trailing comma in the header) are not groups.
+            columns = [c.strip() for c in reader.fieldnames or [] if c and c.strip()]
+            raw = []
+            for r in reader:
+                extra = r.pop(None, None)  # fields beyond the header's
+                row = {k.strip(): (v or "") for k, v in r.items() if k and k.strip()}
+                row[_EXTRA] = len(extra) if isinstance(extra, list) else 0
+                raw.append(row)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{meta}: not a readable CSV ({e})") from e
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
@@ -112,8 +130,11 @@ def read_meta(data_dir: str | os.PathLike, *, allow_outside: bool = False
             reason = "duplicate file (an earlier row has it)"
         elif not speaker:
             reason = "empty speaker"
-        elif not (data_dir / name).is_file():
-            reason = "audio file not found"
+        elif r[_EXTRA]:
+            reason = (f"{r[_EXTRA]} more field(s) than the header has; quote names that "
+                      "contain commas")
+        elif not _regular_file(data_dir / name):
+            reason = "audio file not found (or not a regular file)"
         seen.add(key)
         if reason:
             problems.append(Problem(line, name, reason))
@@ -126,6 +147,9 @@ def read_meta(data_dir: str | os.PathLike, *, allow_outside: bool = False
 def read_splits(path: str | os.PathLike) -> dict[str, str]:
     """file -> split name from a splits.csv (columns file,split)."""
     path = Path(path)
+    if not _regular_file(path):  # a FIFO or a device would hang or fill memory
+        raise DataError(f"{path}: not found or not a regular file; pass the splits.csv "
+                        "dfa-train wrote")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)

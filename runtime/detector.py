@@ -211,6 +211,11 @@ class Detector:
                 f"expected input '{INPUT_NAME}' and output '{OUTPUT_NAME}'; re-export it with "
                 "dfa-export"
             )
+        kind = next(o.type for o in outputs if o.name == OUTPUT_NAME)
+        if kind not in ("tensor(float)", "tensor(double)", "tensor(float16)"):
+            raise ModelError(
+                f"{self.model_path}: output '{OUTPUT_NAME}' is {kind}, not a float tensor of "
+                "probabilities; re-export it with dfa-export")
         expected = list(self.metadata.features.input_shape)
         shape = inputs[0].shape
         if len(shape) != 4 or [d if isinstance(d, int) else None for d in shape[1:]] != expected:

@@ -86,13 +86,14 @@ class FeatureConfig:
                 bad(f"{name} must be in [{lo}, {hi}], got {v!r}")
 
         number("sample_rate", 1000, 384000, integer=True)
-        number("n_fft", 16, 65536, integer=True)
-        number("n_mels", 1, self.n_fft // 2 + 1, integer=True)
+        number("n_fft", 16, 16384, integer=True)
+        number("n_mels", 1, min(1024, self.n_fft // 2 + 1), integer=True)
         number("hop_length", 1, self.n_fft, integer=True)
         number("fmin", 0.0, self.sample_rate / 2)
         number("fmax", self.fmin, self.sample_rate / 2, optional=True)
-        if self.fmax is not None and self.fmax <= self.fmin:
-            bad(f"fmax ({self.fmax}) must be above fmin ({self.fmin})")
+        top = self.sample_rate / 2 if self.fmax is None else self.fmax
+        if top <= self.fmin:  # an empty band: every feature would be NaN
+            bad(f"fmax ({top}) must be above fmin ({self.fmin})")
         # Windows: at least one FFT frame, at most a minute and 8192 STFT frames (a 4 s
         # window has 224); the hop at least 10 ms and at least 1/32 of the window, so a
         # sample is in at most 32 windows and an hour of audio is at most 360,000 windows.

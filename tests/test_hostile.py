@@ -508,3 +508,82 @@ def test_a_model_that_cannot_run_its_first_batch_is_a_model_error(probe_model, c
     det.session.calls = 1  # fail from the first call on
     with pytest.raises(ModelError, match="onnxruntime failed"):
         list(det.score([clips["tone"]]))
+
+
+# ------------------------------------------------- found by a second round of hunting
+
+
+def small_dataset(tmp_path, rows=("a.wav,x,bona-fide", "b.wav,x,spoof")):
+    data = tmp_path / "data"
+    data.mkdir()
+    af.write(data / "a.wav", af.tone(2.0), subtype="PCM_16")
+    af.write(data / "b.wav", af.noise(2.0), subtype="PCM_16")
+    (data / "meta.csv").write_text("file,speaker,label\n" + "\n".join(rows) + "\n")
+    return data
+
+
+def test_splits_that_is_a_fifo_is_refused_not_read(tmp_path, probe_model):
+    data = small_dataset(tmp_path)
+    fifo = tmp_path / "splits.csv"
+    os.mkfifo(fifo)
+    r = runner.invoke(eval_app, [str(data), "-m", probe_model, "--splits", str(fifo)])
+    assert r.exit_code == 2 and "not a regular file" in r.stderr
+
+
+def test_scores_never_overwrite_audio(tmp_path, probe_model):
+    data = small_dataset(tmp_path)
+    before = (data / "b.wav").read_bytes()
+    r = runner.invoke(eval_app, [str(data), "-m", probe_model, "--scores",
+                                 str(data / "b.wav")])
+    assert r.exit_code == 2 and "is an audio file" in r.stderr
+    assert (data / "b.wav").read_bytes() == before
+
+
+def test_plot_of_one_class_keeps_the_report(tmp_path, probe_model):
+    data = small_dataset(tmp_path, rows=("a.wav,x,spoof", "b.wav,x,spoof"))
+    r = runner.invoke(eval_app, [str(data), "-m", probe_model, "--plot",
+                                 str(tmp_path / "p.png")])
+    assert r.exit_code == 1 and "files           2" in r.stdout
+    assert "need bona-fide and spoof files; not drawn" in r.stderr
+    assert "internal error" not in r.stderr
+
+
+def test_meta_rows_with_extra_fields_or_impossible_names_are_problem_rows(tmp_path,
+                                                                          probe_model):
+    data = small_dataset(tmp_path, rows=("a.wav,x,bona-fide", "b.wav,x,spoof",
+                                         "c.wav,x,spoof,extra,more", "x" * 300 + ".wav,x,spoof"))
+    r = runner.invoke(eval_app, [str(data), "-m", probe_model, "-f", "json"])
+    assert r.exit_code == 1, r.stderr
+    out = json.loads(r.stdout)
+    assert out["n"] == 2
+    reasons = " ".join(f["error"] for f in out["failed"])
+    assert "2 more field(s) than the header" in reasons and "not found" in reasons
+
+
+def test_audio_with_an_absurd_sample_rate_is_refused_quickly(tmp_path, detector):
+    path = tmp_path / "slow.wav"
+    sf.write(str(path), af.noise(0.5), 500)  # a corrupt header may claim 1 Hz
+    r = detector.score_file(str(path))
+    assert one_line_error(r) and "sample rate 500 Hz" in r.error
+
+
+def test_stdin_line_with_a_nul_byte_or_no_end_is_bounded(probe_model):
+    text = "a\0b.wav\n" + "y" * 300_000 + "\n"
+    r = runner.invoke(app, ["-m", probe_model, "--stdin"], input=text)
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert r.exit_code == 1 and len(lines) == 2
+    assert "NUL byte" in lines[0]["error"]
+    assert lines[1]["error"] and len(lines[1]["path"]) <= 65536
+
+
+@pytest.mark.parametrize("features,says", [
+    ({"fmin": 8000.0}, "must be above fmin"),
+    ({"n_fft": 65536, "n_mels": 64}, "n_fft must be in"),
+    ({"hop_length": 1}, "STFT frames"),
+    ({"window_s": 4.0, "window_hop_s": 0.05}, "more than 32-fold"),
+])
+def test_feature_settings_that_cannot_work_are_refused(features, says):
+    d = probe_metadata().to_dict()
+    d["features"].update(features)
+    with pytest.raises(MetadataError, match=says):
+        ModelMetadata.from_dict(d)

@@ -572,6 +572,17 @@ def _run(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log, torch)
     metrics_path = out / "metrics.jsonl"
     if not resume and metrics_path.exists():
         metrics_path.unlink()
+    if resume and dist.main and metrics_path.exists():
+        # Lines of epochs the checkpoint does not hold (killed after the line was written)
+        # are run again: keep only those up to the checkpoint.
+        kept = []
+        for line in metrics_path.read_text().splitlines():
+            try:
+                if json.loads(line)["epoch"] < start_epoch:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue  # a line torn by the kill
+        atomic_write_text(metrics_path, "".join(x + "\n" for x in kept))
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -634,14 +645,17 @@ def _run(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log, torch)
         if dist.main:
             if improved:
                 atomic_torch_save(unwrap(model).state_dict(), out / "model.pth")
+            # The epoch's line first, then the checkpoint: a kill between the two leaves a
+            # line ahead of the checkpoint, which --resume drops (never a checkpoint whose
+            # epoch has no line).
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
             atomic_torch_save({
                 "epoch": epoch, "model": unwrap(model).state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "best": best, "rng": rng_state(dist),
             }, ckpt_path)
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
         log.info(
             f"epoch {epoch}/{cfg.epochs}  train loss {record['train_loss']:.4f} acc "
             f"{record['train_acc']:.3f} | val loss {val_loss:.4f} acc {record['val_acc']:.3f} "
