@@ -58,16 +58,23 @@ def expand_inputs(paths: Iterable[Path]) -> Iterator[tuple[str, str | None]]:
         if not is_dir:
             yield str(p), None
             continue
-        try:
-            found = sorted(f for f in p.rglob("*") if f.is_file() and is_audio_path(f))
-        except OSError as e:
-            yield str(p), f"cannot list this directory ({e.strerror or e}); check its permissions"
-            continue
-        if not found:
+        # os.walk, not Path.rglob: rglob skips a folder it cannot read without a word.
+        # Links to folders are not followed (a link loop would never end).
+        unreadable: list[OSError] = []
+        found = sorted(
+            os.path.join(root, name)
+            for root, _, names in os.walk(p, onerror=unreadable.append)
+            for name in names
+            if is_audio_path(Path(name)) and os.path.isfile(os.path.join(root, name))
+        )
+        if not found and not unreadable:
             exts = " ".join(sorted(AUDIO_EXTENSIONS))
             yield str(p), f"no audio files under this directory (looked for {exts})"
         for f in found:
-            yield str(f), None
+            yield f, None
+        for e in sorted(unreadable, key=lambda e: str(e.filename)):
+            yield (str(e.filename or p),
+                   f"cannot list this directory ({e.strerror or e}); check its permissions")
 
 
 class Progress:

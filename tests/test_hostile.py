@@ -587,3 +587,44 @@ def test_feature_settings_that_cannot_work_are_refused(features, says):
     d["features"].update(features)
     with pytest.raises(MetadataError, match=says):
         ModelMetadata.from_dict(d)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/setpriv"),
+                    reason="needs root to drop to another user with setpriv")
+def test_unreadable_files_and_folders_fail_alone_for_an_ordinary_user(probe_model):
+    """As root nothing is unreadable, so this drops to uid 65534 (nobody): a file and a
+    subfolder it may not read are errors of their own; the rest is scored."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    top = tempfile.mkdtemp(prefix="dfa-perm-")
+    try:
+        os.chmod(top, 0o755)
+        tree = os.path.join(top, "tree")
+        os.makedirs(os.path.join(tree, "locked"))
+        model = shutil.copy(probe_model, os.path.join(top, "m.onnx"))
+        ok = af.write(os.path.join(tree, "a.wav"), af.tone(2.0), subtype="PCM_16")
+        secret = af.write(os.path.join(top, "secret.wav"), af.tone(2.0), subtype="PCM_16")
+        af.write(os.path.join(tree, "locked", "c.wav"), af.tone(2.0), subtype="PCM_16")
+        for path, mode in ((tree, 0o755), (ok, 0o644), (model, 0o644), (secret, 0o000),
+                           (os.path.join(tree, "locked"), 0o000)):
+            os.chmod(path, mode)
+        out = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+             "-c", "from runtime.cli import main; main()", "-m", model, "-f", "json",
+             secret, tree],
+            capture_output=True, text=True, timeout=120, cwd=os.getcwd(),
+            env={**os.environ, "HOME": top})
+        lines = [json.loads(x) for x in out.stdout.splitlines()]
+        assert out.returncode == 1, out.stderr
+        assert [(os.path.basename(x["path"]), x["error"] is None) for x in lines] == [
+            ("secret.wav", False), ("a.wav", True), ("locked", False)]
+        assert "permission denied" in lines[0]["error"]
+        assert "cannot list this directory" in lines[2]["error"]
+    finally:
+        for root, dirs, _ in os.walk(top):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), 0o755)
+        shutil.rmtree(top, ignore_errors=True)
