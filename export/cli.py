@@ -240,7 +240,7 @@ def _int8(fp32: Path, out: Path, out_onnx: Path, metadata, data: Path, n_cal: in
         "method": "onnxruntime static QDQ, per-channel int8 weights, uint8 activations",
         "calibration_windows": int(len(windows)), "agreement_files": agree.files,
         "label_agreement": agree.label_agreement, "max_score_diff": agree.max_score_diff,
-        "eer_fp32": agree.eer_fp32, "eer_int8": agree.eer_int8,
+        "eer_fp32": gate.eer_fp32, "eer_int8": gate.eer_int8,
         "latency_ms_fp32": lat32, "latency_ms_int8": lat8,
         "gate": {**gate.to_dict(), "forced": bool(force and not gate.passed)},
     }

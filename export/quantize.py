@@ -151,8 +151,6 @@ class Agreement:
     files: int
     label_agreement: float
     max_score_diff: float
-    eer_fp32: float | None
-    eer_int8: float | None
     fp32_scores: np.ndarray | None = None  # file scores, in file order
     int8_scores: np.ndarray | None = None
     labels: np.ndarray | None = None  # None when the folder has no meta.csv
@@ -161,8 +159,8 @@ class Agreement:
 
 def agreement(fp32: Path, int8: Path, files: LabelledFiles, limit: int,
               folder: Path | str = "--calibration") -> Agreement:
-    """Score the same features with both models; compare file scores and labels."""
-    from runtime import metrics as M
+    """Score the same features with both models; compare file scores and labels. The EERs
+    and their change are int8_gate's work."""
     from runtime.audio import AudioError
     from runtime.detector import Detector
     from runtime.features import file_features
@@ -185,12 +183,8 @@ def agreement(fp32: Path, int8: Path, files: LabelledFiles, limit: int,
                           "--calibration a folder of readable wav/flac audio")
     sa, sb = np.array(sa), np.array(sb)
     t = a.threshold
-    eers = (None, None)
-    finite = bool(np.isfinite(sa).all() and np.isfinite(sb).all())
-    if finite and labels and 0 < sum(labels) < len(labels):
-        eers = (M.eer(labels, sa)[0], M.eer(labels, sb)[0])
     return Agreement(len(sa), float(((sa >= t) == (sb >= t)).mean()),
-                     float(np.abs(sa - sb).max()), *eers, fp32_scores=sa, int8_scores=sb,
+                     float(np.abs(sa - sb).max()), fp32_scores=sa, int8_scores=sb,
                      labels=np.array(labels) if files.labels is not None else None,
                      threshold=float(t))
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.audio import is_audio_path
+from export.onnx import ExportError
+from runtime.audio import AudioError, is_audio_path
 from runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata, aggregate
 
 MAX_CHECK_FILES = 12
@@ -81,8 +82,6 @@ def synthetic_clips(folder: Path) -> list[str]:
 
 
 def audio_files(folder: Path, limit: int = MAX_CHECK_FILES) -> list[str]:
-    from export.onnx import ExportError
-
     if not Path(folder).is_dir():
         raise ExportError(f"{folder}: not a folder; --check-audio takes a folder of audio "
                           "files")
@@ -99,8 +98,6 @@ def verify(model, onnx_path: Path, metadata: ModelMetadata, atol: float = 1e-4,
     """Run every check; `model` is the torch network (logits) in the mode to compare."""
     import onnx
 
-    from export.onnx import ExportError
-    from runtime.audio import AudioError
     from runtime.detector import Detector, open_session
     from runtime.features import file_features
 

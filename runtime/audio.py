@@ -67,9 +67,11 @@ def decode_blocks(path: str | os.PathLike, sample_rate: int,
     and for NaN/Inf samples, possibly after some blocks have been yielded.
     """
     path = Path(path)
-    size = _check_file(path)
-    _check_wav_header(path)
-    _check_ogg_pages(path, size)
+    size, head = _check_file(path)
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        _check_wav_header(path, size)
+    elif head[:4] == b"OggS":
+        _check_ogg_pages(path, size)
     source = _open_soundfile(path)
     if source is None:
         source = _open_audioread(path)
@@ -120,8 +122,9 @@ def decode_blocks(path: str | os.PathLike, sample_rate: int,
             yield tail
 
 
-def _check_file(path: Path) -> int:
-    """The file's size, or AudioError for anything that is not a readable regular file."""
+def _check_file(path: Path) -> tuple[int, bytes]:
+    """(size, first 12 bytes: enough to tell WAV and Ogg), or AudioError for anything that
+    is not a readable regular file."""
     try:
         st = os.stat(path)
     except ValueError as e:  # a NUL byte in the name
@@ -144,12 +147,12 @@ def _check_file(path: Path) -> int:
         raise AudioError("empty file (0 bytes); re-export or re-download it")
     try:
         with open(path, "rb") as f:
-            f.read(1)
+            head = f.read(12)
     except OSError as e:
         if e.errno == errno.EACCES:
             raise AudioError("permission denied; make the file readable") from e
         raise AudioError(f"cannot read ({e.strerror or e})") from e
-    return st.st_size
+    return st.st_size, head
 
 
 def _check_ogg_pages(path: Path, size: int) -> None:
@@ -159,8 +162,6 @@ def _check_ogg_pages(path: Path, size: int) -> None:
     the last page (an ID3v1 or APE tag, padding) are not audio and are left alone."""
     try:
         with open(path, "rb") as f:
-            if f.read(4) != b"OggS":
-                return
             pos, flags = 0, 0
             while pos < size:
                 f.seek(pos)
@@ -184,14 +185,11 @@ def _check_ogg_pages(path: Path, size: int) -> None:
         raise AudioError(f"cannot read ({e.strerror or e})") from e
 
 
-def _check_wav_header(path: Path) -> None:
-    """Catch WAVs cut short: libsndfile silently shortens them to the bytes present."""
+def _check_wav_header(path: Path, size: int) -> None:
+    """Catch WAVs (RIFF/WAVE, known from the file's head) cut short: libsndfile silently
+    shortens them to the bytes present."""
     try:
         with open(path, "rb") as f:
-            head = f.read(12)
-            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-                return
-            size = path.stat().st_size
             pos = 12
             while pos + 8 <= size:
                 f.seek(pos)

@@ -109,12 +109,8 @@ class ModelMetadata:
             d["features"] = FeatureConfig.from_dict(d.get("features", {}))
         except (TypeError, ValueError) as e:
             raise MetadataError(str(e)) from e
-        if "labels" in d:
-            labels = d["labels"]
-            if not isinstance(labels, dict) or set(labels) != {"0", "1"}:
-                raise MetadataError('labels must map "0" and "1" (and nothing else) to '
-                                    'names, e.g. {"0": "bona-fide", "1": "spoof"}')
-            d["labels"] = {int(k): v for k, v in labels.items()}
+        if isinstance(d.get("labels"), dict):  # JSON keys are strings; __post_init__ checks
+            d["labels"] = {int(k) if k in ("0", "1") else k: v for k, v in d["labels"].items()}
         return cls(**d)
 
     def to_json(self, indent: int | None = 2) -> str:
