@@ -1,6 +1,6 @@
 """Peak memory of caching one long file's features for training: all windows stacked in
 memory (runtime.features.file_features + np.save, the trainer's cache before 2026-11-27)
-vs streamed to disk (trainer.data.write_features). Each in a fresh process.
+vs streamed to disk (trainer.cache.write_features). Each in a fresh process.
 
     python bench/bench_cache_memory.py --minutes 30
 """
@@ -24,7 +24,7 @@ WAYS = {
                           "np.save(sys.argv[2], file_features(sys.argv[1], "
                           "FeatureConfig()).features)"),
     "streamed to disk": ("import sys; from pathlib import Path; from runtime.features import "
-                         "FeatureConfig; from trainer.data import write_features; "
+                         "FeatureConfig; from trainer.cache import write_features; "
                          "write_features(sys.argv[1], FeatureConfig(), Path(sys.argv[2]))"),
 }
 

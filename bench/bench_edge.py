@@ -42,7 +42,8 @@ def build_models(tmp: Path, calib_paths: list[str]) -> dict[str, Path]:
 
     from export.onnx import to_onnx
     from export.quantize import quantize_int8
-    from runtime.features import FeatureConfig, file_features
+    from runtime.config import FeatureConfig
+    from runtime.features import file_features
     from runtime.metadata import ModelMetadata
     from trainer.model import create_model, resolve_arch
 
@@ -150,7 +151,8 @@ def main() -> None:
     ap.add_argument("--hour", action="store_true")
     args = ap.parse_args()
     exe = str(Path(sys.executable).with_name("dfa-detect"))
-    from runtime.features import FeatureConfig, file_features
+    from runtime.config import FeatureConfig
+    from runtime.features import file_features
 
     with tempfile.TemporaryDirectory(prefix="dfa-edge-") as tmp:
         tmp = Path(tmp)
@@ -185,7 +187,8 @@ def main() -> None:
                     print(f"| {name} | {threads} | {batch} | {ceiling:.1f} | {rate:.1f} | "
                           f"{rate / ceiling:.2f} |", flush=True)
 
-        from runtime.detector import DEFAULT_BATCH_CPU, default_threads
+        from runtime.detector import DEFAULT_BATCH_CPU
+        from runtime.session import default_threads
 
         print(f"\n## Folder: {args.files} files with dfa-detect's defaults (batch "
               f"{DEFAULT_BATCH_CPU}, {default_threads()} onnxruntime threads)\n")

@@ -29,12 +29,14 @@ import soundfile as sf  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine, median_ms, run_measured  # noqa: E402
-from runtime.features import FeatureConfig, file_features, window_features  # noqa: E402
+from runtime.config import FeatureConfig  # noqa: E402
+from runtime.features import file_features, window_features  # noqa: E402
 
 COLD = """
 import sys, time, json
 t = time.perf_counter()
-from runtime.features import FeatureConfig, file_features
+from runtime.config import FeatureConfig
+from runtime.features import file_features
 t_import = time.perf_counter() - t
 file_features(sys.argv[1], FeatureConfig())
 print(json.dumps({"import_s": t_import, "total_s": time.perf_counter() - t}))

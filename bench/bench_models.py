@@ -41,9 +41,10 @@ def main() -> None:
 
     from export.onnx import to_onnx
     from export.quantize import quantize_int8
-    from runtime.detector import open_session
-    from runtime.features import FeatureConfig, file_features
+    from runtime.config import FeatureConfig
+    from runtime.features import file_features
     from runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
+    from runtime.session import open_session
     from trainer.model import create_model, resolve_arch
 
     ap = argparse.ArgumentParser()

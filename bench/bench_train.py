@@ -62,8 +62,8 @@ def train_rate(preset: str, device: str, batch: int, steps: int, amp: bool,
 def cache_rate(n_files: int, workers: int) -> tuple[float, float]:
     import soundfile as sf
 
-    from runtime.features import FeatureConfig
-    from trainer.data import build_cache
+    from runtime.config import FeatureConfig
+    from trainer.cache import build_cache
     from trainer.synth import SR, make_speakers, utterance
 
     with tempfile.TemporaryDirectory() as tmp:

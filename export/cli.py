@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from export.onnx import DEFAULT_OPSET
 from runtime.clikit import (
     DEBUG_OPTION,
     VERSION_OPTION,
@@ -17,6 +18,8 @@ from runtime.clikit import (
     handle_errors,
     needs_train_extra,
 )
+from runtime.errors import EXIT_FAILED
+from runtime.fileio import atomic_path, check_output
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 written and every check passed; 1 a check failed (torch and onnxruntime "
@@ -71,8 +74,9 @@ def export(
                                     show_default=False),
     config: Path | None = typer.Option(None, help="model.json of the run (default: beside "
                                        "MODEL_PTH)."),
-    opset: int = typer.Option(18, min=18, help="ONNX opset (18 or newer, up to what the "
-                              "installed onnx writes; the edge's onnxruntime must run it)."),
+    opset: int = typer.Option(DEFAULT_OPSET, min=DEFAULT_OPSET, help=f"ONNX opset "
+                              f"({DEFAULT_OPSET} or newer, up to what the installed onnx "
+                              "writes; the edge's onnxruntime must run it)."),
     atol: float = typer.Option(1e-4, min=0.0, help="Largest allowed |P(spoof) difference| "
                                "between torch and onnxruntime."),
     check_audio: Path | None = typer.Option(None, help="Folder of audio for the parity "
@@ -105,8 +109,6 @@ def export(
     try:
         from export.onnx import (
             check_opset,
-            check_output,
-            check_writable,
             find_sidecar,
             load_trained,
             to_onnx,
@@ -123,31 +125,29 @@ def export(
                    "(with meta.csv for labels)")
     # What the command line can get wrong is refused before the slow work starts.
     sidecar = find_sidecar(model_pth, config)
-    check_output(out_onnx, [model_pth, sidecar])
-    check_writable(out_onnx)
+    check_output(out_onnx, inputs=(model_pth, sidecar), replaces_only=".onnx")
     check_opset(opset)
     audio = audio_files(check_audio) if check_audio else None
-    tmp_fp32 = out_onnx.with_name(f".{out_onnx.name}.fp32.tmp{os.getpid()}")
-    tmp_int8 = out_onnx.with_name(f".{out_onnx.name}.int8.tmp{os.getpid()}")
+    # The float model of an int8 export is scratch; the written file appears only after
+    # every check passed (atomic_path), and a failure leaves an older file of that name.
+    scratch = out_onnx.with_name(f".{out_onnx.stem}.fp32.tmp{os.getpid()}.onnx")
     try:
-        model, metadata, sidecar = load_trained(model_pth, sidecar)
-        say(f"dfa-export: exporting {model_pth} ({metadata.arch}) with {sidecar.name}")
-        to_onnx(model, metadata, tmp_fp32, opset)
-        report = verify(model, tmp_fp32, metadata, atol, audio, name=out_onnx.name)
-        print(report.format(), flush=True)
-        if not report.ok:
-            raise fail(f"{out_onnx}: not written: onnxruntime does not match "
-                       "torch (see the checks above)", code=1)
-        if int8:
-            _int8(tmp_fp32, tmp_int8, out_onnx, metadata, calibration, calibration_files,
-                  agreement_files, max_eer_increase, margin, min_agreement, force,
-                  allow_outside_paths)
-            os.replace(tmp_int8, out_onnx)
-        else:
-            os.replace(tmp_fp32, out_onnx)
+        with atomic_path(out_onnx) as final:
+            fp32 = scratch if int8 else final
+            model, metadata, sidecar = load_trained(model_pth, sidecar)
+            say(f"dfa-export: exporting {model_pth} ({metadata.arch}) with {sidecar.name}")
+            to_onnx(model, metadata, fp32, opset)
+            report = verify(model, fp32, metadata, atol, audio, name=out_onnx.name)
+            print(report.format(), flush=True)
+            if not report.ok:
+                raise fail(f"{out_onnx}: not written: onnxruntime does not match "
+                           "torch (see the checks above)", code=EXIT_FAILED)
+            if int8:
+                _int8(fp32, final, out_onnx, metadata, calibration, calibration_files,
+                      agreement_files, max_eer_increase, margin, min_agreement, force,
+                      allow_outside_paths)
     finally:
-        for t in (tmp_fp32, tmp_int8):
-            t.unlink(missing_ok=True)
+        scratch.unlink(missing_ok=True)
     size = out_onnx.stat().st_size / 1e6
     print(f"wrote {out_onnx} ({size:.1f} MB{', int8' if int8 else ''}); threshold "
           f"{metadata.threshold:.4f} ({metadata.threshold_source})")
@@ -156,11 +156,11 @@ def export(
 def _int8(fp32: Path, out: Path, out_onnx: Path, metadata, data: Path, n_cal: int,
           n_agree: int, max_eer_increase: float, margin: float, min_agreement: float,
           force: bool, allow_outside: bool = False) -> None:
+    from export.gate import int8_gate
     from export.quantize import (
         agreement,
         calibration_windows,
         dataset_files,
-        int8_gate,
         latency_ms,
         quantize_int8,
         set_metadata,

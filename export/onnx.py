@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -163,36 +162,3 @@ def to_onnx(model, metadata: ModelMetadata, path: Path, opset: int = DEFAULT_OPS
     onnx.save_model(proto, str(path))
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
-        return a.resolve() == b.resolve()
-
-
-def check_output(path: Path, inputs: list[Path]) -> None:
-    """Refuse, before any work, an output that would destroy something the user passed in:
-    one of `inputs` (the .pth, the model.json), or an existing file that is not an ONNX
-    model. An existing .onnx file of that name is the named output and may be replaced."""
-    for given in inputs:
-        if _same_file(path, given):
-            raise ExportError(f"{path}: is the input {given}; writing there would destroy "
-                              "it: choose another output name ending in .onnx")
-    if path.exists() and not path.is_dir() and path.suffix.lower() != ".onnx":
-        raise ExportError(f"{path}: exists and is not an .onnx file; dfa-export does not "
-                          "replace it: choose another output name ending in .onnx")
-
-
-def check_writable(path: Path) -> None:
-    """Fail before any work when the output cannot be written."""
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ExportError(f"{path}: cannot write: folder {parent} does not exist")
-    if path.is_dir():
-        raise ExportError(f"{path}: is a folder; give a file name ending in .onnx")
-    probe = parent / f".{path.name}.probe{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ExportError(f"{path}: cannot write ({e.strerror}); choose another path") from e

@@ -19,7 +19,8 @@ import numpy as np
 
 from export.onnx import ExportError
 from runtime.audio import AudioError, is_audio_path
-from runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata, aggregate
+from runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
+from runtime.scoring import aggregate
 
 MAX_CHECK_FILES = 12
 
@@ -98,8 +99,9 @@ def verify(model, onnx_path: Path, metadata: ModelMetadata, atol: float = 1e-4,
     """Run every check; `model` is the torch network (logits) in the mode to compare."""
     import onnx
 
-    from runtime.detector import Detector, open_session
+    from runtime.detector import Detector
     from runtime.features import file_features
+    from runtime.session import open_session
 
     report = Report(f"checks of {name or onnx_path.name} against torch "
                     f"(atol {atol:g} on P(spoof))")

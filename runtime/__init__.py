@@ -13,20 +13,25 @@ __version__ = "0.1.0"
 # switch stops both; set before onnxruntime is first imported; a user's setting wins.
 _os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
-__all__ = ["Detector", "FeatureConfig", "ModelMetadata", "FileResult", "__version__"]
+# The Python API (README "Python API"): name -> module that defines it, loaded on first use.
+_API = {
+    "Detector": "runtime.detector",
+    "FileResult": "runtime.scoring",
+    "Segment": "runtime.scoring",
+    "AudioArray": "runtime.audio",
+    "FeatureConfig": "runtime.config",
+    "ModelMetadata": "runtime.metadata",
+    "read_onnx_metadata": "runtime.session",
+    "DfaError": "runtime.errors",
+    "ModelError": "runtime.session",
+    "DeviceError": "runtime.session",
+}
+__all__ = [*_API, "__version__"]
 
 
 def __getattr__(name):
-    if name in ("Detector", "FileResult"):
-        from runtime import detector
+    if name in _API:
+        import importlib
 
-        return getattr(detector, name)
-    if name == "FeatureConfig":
-        from runtime.features import FeatureConfig
-
-        return FeatureConfig
-    if name == "ModelMetadata":
-        from runtime.metadata import ModelMetadata
-
-        return ModelMetadata
+        return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'runtime' has no attribute {name!r}")

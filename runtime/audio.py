@@ -20,7 +20,9 @@ import os
 import stat
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +56,23 @@ class AudioError(DfaError):
     exit_code = EXIT_FAILED
 
 
+@dataclass(frozen=True)
+class AudioArray:
+    """Audio already in memory, scored like a file: float samples of shape (frames,) or
+    (frames, channels) at `rate` Hz. `name` stands for it in results."""
+
+    samples: Any
+    rate: int
+    name: str = "<array>"
+
+
+def blocks_of(source, sample_rate: int) -> Iterator[np.ndarray]:
+    """Mono float32 blocks at `sample_rate` of a file path or an AudioArray."""
+    if isinstance(source, AudioArray):
+        return array_blocks(source.samples, source.rate, sample_rate)
+    return decode_blocks(source, sample_rate)
+
+
 def is_audio_path(path: Path) -> bool:
     return path.suffix.lower() in AUDIO_EXTENSIONS
 
@@ -80,14 +99,40 @@ def decode_blocks(path: str | os.PathLike, sample_rate: int,
         # A corrupt header can claim 1 Hz: hours of "audio" from a few kB.
         raise AudioError(f"invalid header (sample rate {rate} Hz, {channels} channels; "
                          f"speech needs at least {MIN_SAMPLE_RATE} Hz); re-export the file")
-    block_frames = max(1, int(rate * block_seconds))
+    yield from _mono_blocks(blocks(max(1, int(rate * block_seconds))), rate, declared,
+                            sample_rate)
+
+
+def array_blocks(samples, rate: int, sample_rate: int,
+                 block_seconds: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
+    """decode_blocks for audio already in memory: float samples of shape (frames,) or
+    (frames, channels) (soundfile's layout) at `rate` Hz, checked and converted exactly as a
+    file's samples are."""
+    a = np.asarray(samples)
+    if a.dtype.kind != "f" or a.ndim not in (1, 2) or (a.ndim == 2 and a.shape[1] < 1):
+        raise AudioError(
+            f"expected float samples of shape (frames,) or (frames, channels), got "
+            f"{a.dtype} {list(a.shape)}; pass e.g. soundfile.read(path, dtype='float32')[0]")
+    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate < MIN_SAMPLE_RATE:
+        raise AudioError(f"sample rate {rate!r}: give the rate of the samples in Hz "
+                         f"(at least {MIN_SAMPLE_RATE})")
+    a = a.reshape(len(a), -1)
+    step = max(1, int(rate * block_seconds))
+    yield from _mono_blocks((a[i: i + step] for i in range(0, len(a), step)), int(rate), 0,
+                            sample_rate)
+
+
+def _mono_blocks(blocks: Iterator[np.ndarray], rate: int, declared: int,
+                 sample_rate: int) -> Iterator[np.ndarray]:
+    """(frames, channels) blocks at `rate` -> checked mono float32 blocks at `sample_rate`;
+    `declared`: the frame count a header promised (0: unknown), for the truncation check."""
     resampler = None
     if rate != sample_rate:
         import soxr
 
         resampler = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ")
     read = 0
-    for block in blocks(block_frames):
+    for block in blocks:
         if block.size == 0:
             continue
         if not np.isfinite(block).all():

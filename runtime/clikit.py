@@ -13,12 +13,11 @@ import typer
 
 from runtime import __version__
 from runtime.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, DfaError
+from runtime.limits import default_single_thread
+from runtime.session import DEVICES
 
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+# --device's choices, as the runtime (runtime.session.DEVICES) and the trainer know them.
+Device = Enum("Device", {d: d for d in DEVICES}, type=str)
 
 
 def _version(value: bool) -> None:
@@ -104,13 +103,11 @@ def handle_errors(prog: str):
 
 
 def app_main(application, single_thread_blas: bool = True) -> None:
-    """Entry point of every dfa console script."""
+    """Entry point of every dfa console script: BLAS threads (the runtime CLIs; training and
+    export size torch's threads themselves), undecodable names, and a reader that stops
+    early (`dfa-detect ... | head -1`: exit 1, no traceback)."""
     if single_thread_blas:
-        # numpy's BLAS is used for small matrices in the runtime; its own threads would only
-        # compete with onnxruntime's (set before numpy is first imported; a user's setting
-        # wins). Not for training: torch takes its thread count from OMP_NUM_THREADS.
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(var, "1")
+        default_single_thread()
     # Names that are not valid UTF-8 arrive as surrogate escapes: print them back as the
     # bytes they were instead of failing on them.
     for stream in (sys.stdout, sys.stderr):
@@ -125,38 +122,3 @@ def app_main(application, single_thread_blas: bool = True) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(EXIT_FAILED)
-
-
-def check_output(path, option: str, inputs=()) -> None:
-    """Refuse, before any work, an output path that cannot be written or that would
-    overwrite one of the command's inputs (`inputs`: paths the user gave us to read)."""
-    from pathlib import Path
-
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise DfaError(f"{option} {path}: is a folder; give a file name")
-    if not parent.is_dir():
-        raise DfaError(f"{option} {path}: folder {parent} does not exist; create it first")
-    for given in inputs:
-        if given is None:
-            continue
-        try:
-            same = path.exists() and Path(given).exists() and os.path.samefile(path, given)
-        except OSError:
-            same = False
-        if same or path.resolve() == Path(given).resolve():
-            raise DfaError(f"{option} {path}: is one of the inputs ({given}); it would be "
-                           "overwritten: choose another file name")
-    from runtime.audio import is_audio_path
-
-    if path.exists() and is_audio_path(path):
-        raise DfaError(f"{option} {path}: is an audio file; it would be overwritten: choose "
-                       "another file name")
-    probe = parent / f".{path.name}.probe{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise DfaError(f"{option} {path}: cannot write there ({e.strerror or e}); choose "
-                       "another path") from e

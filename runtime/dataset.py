@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.errors import DfaError
+from runtime.metadata import LABEL_IDS
 
 REQUIRED_COLUMNS = ("file", "speaker", "label")
-LABELS = {"bona-fide": 0, "bonafide": 0, "spoof": 1}
 SHOW_ROWS = 10
 
 
@@ -119,7 +119,7 @@ def read_meta(data_dir: str | os.PathLike, *, allow_outside: bool = False
         label = r["label"].strip().lower()
         key = same_file_key(data_dir, name)
         reason = None
-        if label not in LABELS:
+        if label not in LABEL_IDS:
             reason = f"unknown label {label!r} (use bona-fide or spoof)"
         elif not name:
             reason = "empty file name"
@@ -139,7 +139,7 @@ def read_meta(data_dir: str | os.PathLike, *, allow_outside: bool = False
         if reason:
             problems.append(Problem(line, name, reason))
             continue
-        rows.append(Row(name, speaker, LABELS[label], str(data_dir / name), line,
+        rows.append(Row(name, speaker, LABEL_IDS[label], str(data_dir / name), line,
                         {g: r.get(g, "") for g in groups}))
     return rows, problems, groups
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.audio import AudioError
-from runtime.errors import DfaError, InvalidArgument
+from runtime.audio import AudioArray, AudioError
+from runtime.errors import InvalidArgument
 from runtime.features import iter_windows, window_features
+from runtime.inputs import FLUSH, expand_inputs
 from runtime.limits import MAX_BATCH
 from runtime.metadata import (
     AGGREGATIONS,
@@ -23,145 +24,35 @@ from runtime.metadata import (
     OUTPUT_NAME,
     MetadataError,
     ModelMetadata,
-    aggregate,
     from_custom_metadata,
 )
+from runtime.scoring import FileResult, Segment, aggregate
+from runtime.session import (
+    DeviceError,
+    InferenceFailed,
+    ModelError,
+    default_threads,
+    open_session,
+    providers_for,
+)
 
-DEVICES = ("auto", "cpu", "cuda")
+__all__ = ["Detector", "DEFAULT_BATCH_CPU", "DEFAULT_BATCH_CUDA"]
+
 # Chosen by measurement (BENCHMARKS.md, bench/bench_edge.py): on CPU, batches beyond 4
 # windows gain under 3% while res2net50's activations at batch 16 take 250 MB more; a GPU
 # wants larger batches.
 DEFAULT_BATCH_CPU, DEFAULT_BATCH_CUDA = 4, 32
 
 
-def default_threads() -> int:
-    """onnxruntime intra-op threads on CPU: every core. Idle onnxruntime threads do not
-    spin (open_session), so the feature thread still gets its share; measured on 2 cores,
-    2 threads beat 1 for both presets (BENCHMARKS.md)."""
-    return max(1, os.cpu_count() or 1)
-
-
-FLUSH = object()  # in Detector.score's paths: score what is pending now
-
-
-class ModelError(DfaError):
-    """The model file cannot be used. One line naming the file and the remedy."""
-
-
-class InferenceFailed(ModelError):
-    """onnxruntime raised while running a batch (memory, a kernel failure). The model
-    itself loaded and has the right interface."""
-
-
-class DeviceError(DfaError):
-    """The requested device cannot be used. One line saying why and what to do."""
-
-
-@dataclass
-class Segment:
-    start_s: float
-    end_s: float
-    score: float
-
-
-@dataclass
-class FileResult:
-    path: str
-    score: float | None = None  # P(spoof) of the file, aggregated over its windows
-    label: str | None = None
-    duration_s: float | None = None
-    windows: int = 0
-    segments: list[Segment] = field(default_factory=list)
-    error: str | None = None
-    traceback: str | None = field(default=None, repr=False)  # for --debug only
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_dict(self, segments: bool = False) -> dict:
-        d = {
-            "path": self.path,
-            "score": None if self.score is None else round(self.score, 6),
-            "label": self.label,
-            "duration_s": None if self.duration_s is None else round(self.duration_s, 3),
-            "windows": self.windows,
-            "error": self.error,
-        }
-        if segments:
-            d["segments"] = [
-                {"start_s": round(s.start_s, 3), "end_s": round(s.end_s, 3),
-                 "score": round(s.score, 6)}
-                for s in self.segments
-            ]
-        return d
-
-
-def open_session(path, providers: list, threads: int | None = None):
-    """An onnxruntime session for `path`, with model problems turned into ModelError."""
-    import onnxruntime as ort
-
-    path = Path(path)
-    try:
-        exists, is_file = path.exists(), path.is_file()
-    except OSError as e:  # a name too long for the system, a loop of links...
-        raise ModelError(f"{path}: cannot open the model ({e.strerror or e}); check the "
-                         "path") from e
-    if not is_file:
-        raise ModelError(
-            f"{path}: model not found; pass --model PATH or set DFA_MODEL"
-            if not exists else f"{path}: not a file; pass the .onnx file itself"
-        )
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # onnxruntime's warnings are not for end users
-    if threads:
-        options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    # Idle onnxruntime threads would otherwise spin and starve the thread that decodes and
-    # computes features for the next batch (measured: 402 vs 249 windows/s, BENCHMARKS.md).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(_onnxruntime_source(path), sess_options=options,
-                                    providers=providers)
-    except Exception as e:  # noqa: BLE001 - InvalidProtobuf, Fail, NoSuchFile, ...
-        reason = " ".join(str(e).split())[:160]
-        raise ModelError(f"{path}: not a loadable ONNX model ({reason})") from e
-
-
-def _onnxruntime_source(path: Path) -> str | bytes:
-    """onnxruntime takes only UTF-8 file names: a model whose name is not valid UTF-8 is
-    read here and handed over as bytes (dfa's .onnx files hold their weights inline)."""
-    try:
-        str(path).encode("utf-8")
-        return str(path)
-    except UnicodeEncodeError:
-        return path.read_bytes()
-
-
-def _providers(device: str) -> list[str]:
-    import onnxruntime as ort
-
-    if device not in DEVICES:
-        raise DeviceError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device == "cuda":
-        raise DeviceError(
-            f"--device cuda, but this onnxruntime {ort.__version__} has no CUDA provider "
-            f"(it has {', '.join(ort.get_available_providers())}); uninstall onnxruntime "
-            "and install onnxruntime-gpu, or use --device cpu"
-        )
-    return ["CPUExecutionProvider"]
-
 
 class Detector:
-    """Scores audio files with a dfa ONNX model.
+    """Scores audio with a dfa ONNX model: files, folders and numpy arrays.
 
     >>> det = Detector("model.onnx", device="cpu")
     >>> for r in det.score(["a.wav", "b.flac"]): print(r.path, r.score, r.label)
+
+    Every method gives FileResults (runtime.scoring): a file that cannot be scored gets its
+    `error` and the others go on. The README's "Python API" section shows each method.
     """
 
     def __init__(self, model: str | os.PathLike, device: str = "auto",
@@ -173,7 +64,7 @@ class Detector:
             raise InvalidArgument(f"threshold must be in [0, 1], got {threshold}")
         self.model_path = Path(model)
         self.notes: list[str] = []  # things the user should know (e.g. auto fell back to CPU)
-        providers = _providers(device)
+        providers = providers_for(device)
         on_cpu = providers[0] == "CPUExecutionProvider"
         self.threads = threads or (default_threads() if on_cpu else None)
         self.session = open_session(self.model_path, providers, self.threads)
@@ -255,7 +146,28 @@ class Detector:
         return np.concatenate(scores).astype(np.float64)
 
     def score_file(self, path: str | os.PathLike) -> FileResult:
+        """One file's result."""
         return next(iter(self.score([path])))
+
+    def score_array(self, samples, sample_rate: int, name: str = "<array>") -> FileResult:
+        """Audio already in memory: float samples of shape (frames,) or (frames, channels)
+        at `sample_rate` Hz (resampled to the model's rate), windowed and checked exactly as
+        a file with the same samples would be."""
+        return self.score_file(AudioArray(samples, sample_rate, name))
+
+    def score_folder(self, folder: str | os.PathLike) -> Iterator[FileResult]:
+        """Every audio file under `folder` (recursively, sorted by path) as dfa-detect
+        scores a folder; a folder without audio, or a subfolder that cannot be listed, is
+        a FileResult with its error."""
+        return self.score_inputs(expand_inputs([Path(folder)]))
+
+    def score_inputs(self, inputs: Iterable[tuple[str, str | None]]) -> Iterator[FileResult]:
+        """(path, error) pairs of runtime.inputs.expand_inputs -> results in that order;
+        a pair with an error becomes a failed result without being read."""
+        inputs = list(inputs)
+        scored = self.score(p for p, err in inputs if err is None)
+        for p, err in inputs:
+            yield FileResult(p, error=err) if err else next(scored)
 
     def score(self, paths: Iterable) -> Iterator[FileResult]:
         """One FileResult per path, in input order; a file that fails gets its error and
@@ -329,7 +241,7 @@ class Detector:
                 if path is FLUSH:
                     put(("flush",))
                     continue
-                job = _Job(str(path))
+                job = _Job(path.name if isinstance(path, AudioArray) else str(path))
                 if not put(("start", job)):
                     return
                 try:

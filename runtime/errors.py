@@ -2,7 +2,7 @@
 
 Every problem a user can fix is a DfaError whose message is one line naming the file and
 what to do; its class carries the exit code. Each CLI turns them into `prog: error: ...`
-on stderr and that code in one place (runtime.cli.handle_errors). Anything else is a bug:
+on stderr and that code in one place (runtime.clikit.handle_errors). Anything else is a bug:
 one line asking for --debug, and the traceback with --debug.
 """
 

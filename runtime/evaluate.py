@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,8 @@ import numpy as np
 
 from runtime import metrics as M
 from runtime.dataset import DataError, Row, read_meta, read_splits
+from runtime.fileio import atomic_path
+from runtime.metadata import LABELS
 
 
 @dataclass
@@ -80,12 +81,6 @@ def evaluate(detector, data_dir: Path, splits: Path | None = None, split: str | 
 
 def write_scores(path: Path, evaluation: Evaluation) -> None:
     """ASVspoof-style score file: `file score label` per line."""
-    names = {0: "bona-fide", 1: "spoof"}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            for row, score in zip(evaluation.rows, evaluation.scores, strict=True):
-                f.write(f"{row.file} {score:.6f} {names[row.label]}\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        for row, score in zip(evaluation.rows, evaluation.scores, strict=True):
+            f.write(f"{row.file} {score:.6f} {LABELS[row.label]}\n")

@@ -2,7 +2,11 @@
 
 The trainer writes it as `model.json` next to `model.pth`; dfa-export embeds the same JSON
 in the ONNX file's metadata_props under METADATA_KEY, so an edge machine needs only the
-.onnx. It is read back with onnxruntime alone.
+.onnx. It is read back with onnxruntime alone (runtime.session.read_onnx_metadata).
+
+A leaf module: the standard library and runtime's other leaves (config, errors) only. It is
+also the one home of the contract the three packages share: the graph's input and output
+names and the label names.
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from runtime import __version__
+from runtime.config import FeatureConfig
 from runtime.errors import DfaError
-from runtime.features import FeatureConfig
 
 SCHEMA_VERSION = 1
 METADATA_KEY = "dfa.metadata"
@@ -22,7 +26,9 @@ METADATA_KEY = "dfa.metadata"
 # P(spoof) of shape (batch,) or (batch, 1) out. The sigmoid is part of the graph.
 INPUT_NAME = "mel"
 OUTPUT_NAME = "p_spoof"
+# Label encoding (the user's: 0 = bona-fide, 1 = spoof) and the names meta.csv may use.
 LABELS = {0: "bona-fide", 1: "spoof"}
+LABEL_IDS = {"bona-fide": 0, "bonafide": 0, "spoof": 1}
 AGGREGATIONS = ("mean", "max")
 # Real metadata is a few kB; a model file could carry anything.
 MAX_METADATA_CHARS = 1_000_000
@@ -141,25 +147,3 @@ def from_custom_metadata(custom: dict[str, str]) -> ModelMetadata:
             f"no dfa metadata (key '{METADATA_KEY}'); export the model with dfa-export"
         )
     return ModelMetadata.from_json(custom[METADATA_KEY])
-
-
-def read_onnx_metadata(path) -> ModelMetadata:
-    """ModelMetadata of an .onnx file, read with onnxruntime (no onnx package needed)."""
-    from runtime.detector import open_session
-
-    session = open_session(path, providers=["CPUExecutionProvider"], threads=1)
-    return from_custom_metadata(session.get_modelmeta().custom_metadata_map)
-
-
-def aggregate(window_scores, rule: str = "mean") -> float:
-    """A file's P(spoof) from its windows' P(spoof): the same rule in trainer and runtime."""
-    import numpy as np
-
-    scores = np.asarray(window_scores, dtype=np.float64)
-    if scores.size == 0:
-        raise ValueError("no window scores to aggregate")
-    if rule == "mean":
-        return float(scores.mean())
-    if rule == "max":
-        return float(scores.max())
-    raise ValueError(f"unknown aggregation {rule!r}; use one of {AGGREGATIONS}")

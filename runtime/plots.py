@@ -3,13 +3,13 @@ commands that draw need it, and they say so plainly when it is missing."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from runtime import metrics as M
 from runtime.errors import DfaError
+from runtime.fileio import atomic_path
 
 
 class PlotError(DfaError):
@@ -34,9 +34,8 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
 
 
 def plot_roc_det(path: Path, curves: dict[str, tuple]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from runtime.features import FeatureConfig
+from runtime.config import FeatureConfig
 
 # Small images and short windows keep CPU training in the tests to seconds.
 FAST_FEATURES = FeatureConfig(n_fft=512, hop_length=250, n_mels=64, window_s=1.0,

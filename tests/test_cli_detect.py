@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from runtime import __version__
-from runtime.cli import app
+from runtime.detect_cli import app
 from tests import audio_fixtures as af
 
 runner = CliRunner()
@@ -145,7 +145,7 @@ FRESH = textwrap.dedent("""
                 raise ImportError("forbidden in the runtime: " + name)
 
     sys.meta_path.insert(0, Forbid())
-    from runtime.cli import main
+    from runtime.detect_cli import main
     sys.argv = ["dfa-detect", "-f", "json", "-m", sys.argv[1], sys.argv[2]]
     try:
         main()
@@ -214,7 +214,7 @@ def test_stdin_mode_answers_each_path_before_the_next_arrives(probe_model, clips
     import select
 
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from runtime.cli import main; main()", "-m", probe_model,
+        [sys.executable, "-c", "from runtime.detect_cli import main; main()", "-m", probe_model,
          "--stdin"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, bufsize=1)
     try:
@@ -237,7 +237,7 @@ def test_cli_pins_blas_to_one_thread_before_numpy_loads():
     competing with onnxruntime cost a third of the throughput)."""
     code = (
         "import sys\n"
-        "import runtime.cli\n"
+        "import runtime.detect_cli\n"
         "print('numpy loaded at import:', 'numpy' in sys.modules)\n"
         "from runtime.clikit import app_main\n"
         "def app():\n"

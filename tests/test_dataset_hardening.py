@@ -61,7 +61,7 @@ def test_paths_outside_the_data_folder_are_problem_rows(tmp_path):
 
 
 def test_cache_entry_of_a_long_file_equals_file_features(tmp_path):
-    from trainer.data import _cache_one, cache_dir_for
+    from trainer.cache import _cache_one, cache_dir_for
 
     wav = af.write(tmp_path / "long.wav", af.tone(75.0) + af.noise(75.0, amp=0.02),
                    subtype="PCM_16")
@@ -80,7 +80,7 @@ def test_cache_entry_of_a_long_file_equals_file_features(tmp_path):
 
 
 def test_file_failing_after_its_windows_leaves_no_cache_entry(tmp_path):
-    from trainer.data import _cache_one, cache_dir_for
+    from trainer.cache import _cache_one, cache_dir_for
 
     # Silent: every window is yielded before the end-of-file check raises.
     wav = af.write(tmp_path / "silent.wav", np.zeros(16000 * 5), subtype="PCM_16")
@@ -91,7 +91,7 @@ def test_file_failing_after_its_windows_leaves_no_cache_entry(tmp_path):
 
 
 def test_same_audio_rows():
-    from trainer.data import same_audio
+    from trainer.cache import same_audio
 
     problems = same_audio([2, 3, 4, 5], ["a.wav", "b.wav", "c.wav", "d.wav"],
                           ["k1.npy", None, "k1.npy", "k2.npy"])
@@ -104,7 +104,7 @@ def test_a_cache_that_cannot_be_written_stops_the_build_not_the_file(tmp_path, m
     (which --skip-bad would silently leave out)."""
     import errno
 
-    import trainer.data as data
+    import trainer.cache as data
     from runtime.dataset import DataError
 
     wav = af.write(tmp_path / "ok.wav", af.tone(3.0), subtype="PCM_16")

@@ -11,8 +11,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from runtime.cli import eval_app
 from runtime.detector import Detector
+from runtime.eval_cli import app as eval_app
 from tests import audio_fixtures as af
 from tests.onnx_models import probe_metadata, write_probe_model
 
@@ -155,7 +155,7 @@ def test_plot_without_matplotlib_is_a_clear_error(model, separable, tmp_path, mo
 def test_dfa_eval_is_torch_free(model, separable):
     code = textwrap.dedent("""
         import sys
-        from runtime.cli import eval_main
+        from runtime.eval_cli import main as eval_main
         sys.argv = ["dfa-eval", "-f", "json", "-m", sys.argv[1], sys.argv[2]]
         try:
             eval_main()

@@ -17,7 +17,8 @@ from export.cli import app  # noqa: E402
 from export.onnx import ExportError, load_trained, to_onnx  # noqa: E402
 from export.verify import verify  # noqa: E402
 from runtime.detector import Detector  # noqa: E402
-from runtime.metadata import ModelMetadata, read_onnx_metadata  # noqa: E402
+from runtime.metadata import ModelMetadata  # noqa: E402
+from runtime.session import read_onnx_metadata  # noqa: E402
 
 runner = CliRunner()
 
@@ -225,7 +226,7 @@ def _separable(n_per_class: int, seed: int = 0):
 def test_gate_passes_when_only_near_threshold_files_flip():
     """The old gate's coin flip: files within --margin of the threshold change label under
     tiny score changes. Overall agreement drops under 99%, the EER does not move."""
-    from export.quantize import int8_gate
+    from export.gate import int8_gate
 
     y, a, rng = _separable(200)
     a[:6] = [0.49, 0.495, 0.498, 0.502, 0.505, 0.51]  # bona fide files near the threshold
@@ -239,7 +240,7 @@ def test_gate_passes_when_only_near_threshold_files_flip():
 
 
 def test_gate_fails_on_a_real_eer_increase():
-    from export.quantize import int8_gate
+    from export.gate import int8_gate
 
     y, a, rng = _separable(200)
     b = np.clip(a + rng.normal(0, 0.25, a.size), 0, 1)
@@ -255,7 +256,7 @@ def test_gate_with_few_files():
     """Few labelled files: the paired interval is [0, 0] when int8 ranks them as float
     does (pass), and one swap at the EER point moves it past the tolerance (fail); the
     report says the files are too few to resolve the tolerance."""
-    from export.quantize import int8_gate
+    from export.gate import int8_gate
 
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     a = np.array([0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95])
@@ -271,7 +272,7 @@ def test_gate_with_few_files():
 
 
 def test_gate_without_labels_checks_decisive_agreement_only():
-    from export.quantize import int8_gate
+    from export.gate import int8_gate
 
     _, a, rng = _separable(100)
     b = a + rng.normal(0, 0.002, a.size)
@@ -286,7 +287,7 @@ def test_gate_without_labels_checks_decisive_agreement_only():
 
 
 def test_gate_refuses_non_finite_int8_scores():
-    from export.quantize import int8_gate
+    from export.gate import int8_gate
 
     y, a, _ = _separable(20)
     b = a.copy()
@@ -296,7 +297,7 @@ def test_gate_refuses_non_finite_int8_scores():
 
 
 def test_gate_is_deterministic():
-    from export.quantize import int8_gate
+    from export.gate import int8_gate
 
     y, a, rng = _separable(100)
     b = np.clip(a + rng.normal(0, 0.05, a.size), 0, 1)
@@ -406,12 +407,13 @@ def test_output_that_would_destroy_an_input_is_refused(run, tmp_path):
     before = {p.name: p.read_bytes() for p in d.iterdir()}
     (d / "notes.txt").write_text("keep me")
     (d / "link.onnx").symlink_to(d / "model.pth")
-    for out, words in ((d / "model.pth", "is the input"), (d / "model.json", "is the input"),
-                       (d / "link.onnx", "is the input"), (d / "notes.txt", "not an .onnx")):
+    inputs = "is one of the inputs"
+    for out, words in ((d / "model.pth", inputs), (d / "model.json", inputs),
+                       (d / "link.onnx", inputs), (d / "notes.txt", "not an .onnx")):
         msg = one_line_error(export(d / "model.pth", out))
         assert words in msg and "choose another output name" in msg
     r = export(d / "model.pth", d / "model.pth", "--config", d / "model.json")
-    assert "is the input" in one_line_error(r)
+    assert "is one of the inputs" in one_line_error(r)
     assert {p.name: p.read_bytes() for p in d.iterdir() if p.name in before} == before
     assert (d / "notes.txt").read_text() == "keep me"
 

@@ -6,7 +6,7 @@ import pytest
 
 from runtime import features as F
 from runtime.audio import AudioError
-from runtime.features import FeatureConfig
+from runtime.config import FeatureConfig
 from tests import audio_fixtures as af
 
 CFG = FeatureConfig()
@@ -132,12 +132,43 @@ def test_windows_do_not_depend_on_decode_block_size(tmp_path, monkeypatch):
     import runtime.audio as A
 
     original = A.decode_blocks
-    monkeypatch.setattr(F, "decode_blocks",
+    monkeypatch.setattr(A, "decode_blocks",
                         lambda p, sr: original(p, sr, block_seconds=0.37))
     small = [w.audio for w in F.iter_windows(path, CFG)]
     assert len(whole) == len(small) == 6  # 0, 2, 4, 6, 8 and 9.3 s
     for a, b in zip(whole, small, strict=True):
         assert np.array_equal(a, b)
+
+
+def test_an_array_gives_the_windows_of_the_file_it_came_from(tmp_path):
+    """AudioArray (Detector.score_array) is decoded as a file is: same resampling, mono
+    mix and windows, for samples at another rate and with two channels."""
+    import soundfile as sf
+
+    from runtime.audio import AudioArray
+
+    stereo = np.stack([af.noise(9.1, sr=22050), af.tone(9.1, sr=22050)], axis=1) * 0.5
+    path = af.write(tmp_path / "s.wav", stereo, sr=22050, subtype="FLOAT")
+    samples, rate = sf.read(path, dtype="float32")
+    from_file = list(F.iter_windows(path, CFG))
+    from_array = list(F.iter_windows(AudioArray(samples, rate), CFG))
+    assert len(from_file) == len(from_array) == 4
+    for a, b in zip(from_file, from_array, strict=True):
+        assert (a.start, a.end) == (b.start, b.end)
+        assert np.array_equal(a.audio, b.audio)
+
+
+@pytest.mark.parametrize("samples, rate, expect", [
+    (np.zeros(16000, dtype=np.int16), 16000, "expected float samples"),
+    (np.zeros((2, 3, 4)), 16000, "expected float samples"),
+    (np.zeros(16000), 8, "sample rate 8"),
+    (np.full(16000, np.nan), 16000, "NaN or infinite"),
+])
+def test_an_unusable_array_is_refused_with_a_reason(samples, rate, expect):
+    from runtime.audio import AudioArray, AudioError
+
+    with pytest.raises(AudioError, match=expect):
+        list(F.iter_windows(AudioArray(samples, rate), CFG))
 
 
 def test_short_audio_is_padded_by_repetition(tmp_path):

@@ -18,11 +18,14 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from runtime.audio import MAX_ABS_SAMPLE, AudioError
-from runtime.cli import app, eval_app
-from runtime.detector import Detector, ModelError
+from runtime.config import FeatureConfig
+from runtime.detect_cli import app
+from runtime.detector import Detector
 from runtime.errors import DfaError
-from runtime.features import FeatureConfig, iter_windows, window_features
+from runtime.eval_cli import app as eval_app
+from runtime.features import iter_windows, window_features
 from runtime.metadata import MetadataError, ModelMetadata
+from runtime.session import ModelError
 from tests import audio_fixtures as af
 from tests.onnx_models import probe_graph, probe_metadata, write_probe_model
 
@@ -280,7 +283,7 @@ def test_detect_writes_nothing_under_home(tmp_path, probe_model, clips):
     env = {k: v for k, v in os.environ.items()
            if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
     env["HOME"] = str(home)
-    out = subprocess.run([sys.executable, "-c", "from runtime.cli import main; main()",
+    out = subprocess.run([sys.executable, "-c", "from runtime.detect_cli import main; main()",
                           "-m", probe_model, clips["tone"]], env=env, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -600,7 +603,8 @@ def test_unreadable_files_and_folders_fail_alone_for_an_ordinary_user(probe_mode
     import tempfile
 
     drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable]
-    probe = subprocess.run([*drop, "-c", "import runtime.cli, numpy, onnxruntime, soundfile"],
+    probe = subprocess.run([*drop, "-c",
+                            "import runtime.detect_cli, numpy, onnxruntime, soundfile"],
                            capture_output=True, cwd=os.getcwd(), timeout=60)
     if probe.returncode != 0:  # e.g. a checkout or venv under a folder only root may enter
         pytest.skip("uid 65534 cannot reach this checkout's Python packages")
@@ -617,7 +621,7 @@ def test_unreadable_files_and_folders_fail_alone_for_an_ordinary_user(probe_mode
                            (os.path.join(tree, "locked"), 0o000)):
             os.chmod(path, mode)
         out = subprocess.run(
-            [*drop, "-c", "from runtime.cli import main; main()", "-m", model, "-f", "json",
+            [*drop, "-c", "from runtime.detect_cli import main; main()", "-m", model, "-f", "json",
              secret, tree],
             capture_output=True, text=True, timeout=120, cwd=os.getcwd(),
             env={**os.environ, "HOME": top})

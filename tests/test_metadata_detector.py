@@ -3,15 +3,12 @@ import json
 import numpy as np
 import pytest
 
-from runtime.detector import Detector, DeviceError, ModelError
-from runtime.features import FeatureConfig, file_features
-from runtime.metadata import (
-    SCHEMA_VERSION,
-    MetadataError,
-    ModelMetadata,
-    aggregate,
-    read_onnx_metadata,
-)
+from runtime.config import FeatureConfig
+from runtime.detector import Detector
+from runtime.features import file_features
+from runtime.metadata import SCHEMA_VERSION, MetadataError, ModelMetadata
+from runtime.scoring import aggregate
+from runtime.session import DeviceError, ModelError, read_onnx_metadata
 from tests import audio_fixtures as af
 from tests.onnx_models import probe_metadata, probe_scores, write_probe_model
 

@@ -348,7 +348,7 @@ def test_failed_preparation_is_recorded_and_can_be_started_again(small_data, tmp
 def fake_run(folder: Path, data: Path, status="interrupted") -> Path:
     from dataclasses import asdict
 
-    from trainer.train import TrainConfig
+    from trainer.config import TrainConfig
 
     folder.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(data_dir=str(data), out=str(folder), arch="tiny", workers=1,
@@ -368,6 +368,9 @@ def fake_run(folder: Path, data: Path, status="interrupted") -> Path:
      '{"n_mels": -1}}}', "invalid FeatureConfig"),
     ('{"status": "training", "config": {"data_dir": "d", "out": "x", "batch_size": 0}}',
      "config 'batch_size' is 0; it must be at least 2"),
+    # One rule with FeatureConfig and ModelMetadata: an unknown key is refused, not dropped.
+    ('{"status": "training", "config": {"data_dir": "d", "out": "x", "epoch": 20}}',
+     "config has unknown key(s) 'epoch'"),
 ])
 def test_resume_reports_a_corrupt_run_json(tmp_path, text, expect):
     (tmp_path / "run.json").write_text(text)
@@ -375,6 +378,55 @@ def test_resume_reports_a_corrupt_run_json(tmp_path, text, expect):
     assert r.exit_code == 2, r.stderr
     assert r.stderr.startswith(f"dfa-train: error: {tmp_path / 'run.json'}: ")
     assert expect in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, refused", [
+    (["--lr", "0.1"], "--lr"),
+    (["--lr=0.1", "--seed", "3"], "--seed, --lr"),
+    (["--arch", "edge"], "--arch"),
+    (["DATA"], "DATA_DIR"),
+])
+def test_resume_refuses_settings_it_would_drop(small_data, tmp_path, args, refused):
+    """--resume continues with run.json's settings; a flag it cannot honour is named and
+    refused, never silently dropped (it once dropped all but --epochs)."""
+    out = fake_run(tmp_path / "run", small_data)
+    before = (out / "run.json").read_text()
+    r = train("--resume", out, *[small_data if a == "DATA" else a for a in args])
+    assert r.exit_code == 2, r.stderr
+    msg = r.stderr.strip()
+    assert len(msg.splitlines()) == 1 and "cannot change there" in msg
+    named = msg.split("run.json; ")[1].split(" cannot change")[0]
+    assert sorted(named.split(", ")) == sorted(refused.split(", "))
+    assert (out / "run.json").read_text() == before
+
+
+def test_resume_extends_a_finished_run_with_epochs(trained, tmp_path):
+    """`--epochs=4` (the = form too) continues a finished 3-epoch run from its checkpoint:
+    one more epoch, then a new report; without --epochs a finished run is left alone."""
+    import shutil
+
+    src, _ = trained
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    r = train("--resume", out)
+    assert r.exit_code == 0 and "is complete (3 epochs); nothing to resume" in r.stderr
+    r = train("--resume", out, "--epochs=4")
+    assert r.exit_code == 0, r.stderr
+    assert "resuming" in r.stderr and "after epoch 3" in r.stderr
+    epochs = [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]
+    state = json.loads((out / "run.json").read_text())
+    assert state["status"] == "done" and state["config"]["epochs"] == 4
+    assert ModelMetadata.from_json((out / "model.json").read_text()).metrics["epochs"] == 4
+
+
+def test_resume_refuses_to_extend_a_cosine_schedule(small_data, tmp_path):
+    out = fake_run(tmp_path / "run", small_data)
+    state = json.loads((out / "run.json").read_text())
+    state["config"]["scheduler"] = "cosine"
+    (out / "run.json").write_text(json.dumps(state))
+    r = train("--resume", out, "--epochs", "20")
+    assert r.exit_code == 2 and "cosine schedule that ends at epoch 10" in r.stderr
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "not ours"])

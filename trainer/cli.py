@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import os
-import sys
-import tempfile
 from enum import Enum
 from pathlib import Path
 
@@ -52,6 +48,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 )
 @handle_errors("dfa-train")
 def train(
+    ctx: typer.Context,
     data_dir: Path | None = typer.Argument(None, help="Dataset folder with meta.csv "
                                            "(omit with --resume).", show_default=False),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder "
@@ -63,7 +60,8 @@ def train(
     splits: Path | None = typer.Option(None, "--splits", help="Reuse a splits.csv "
                                        "(file,split) instead of making one."),
     seed: int = typer.Option(0, help="Seed for splits, initialisation and sampling."),
-    epochs: int = typer.Option(10, min=1),
+    epochs: int = typer.Option(10, min=1, help="Training epochs (with --resume: train up "
+                               "to this many)."),
     batch_size: int = typer.Option(32, min=2),
     lr: float = typer.Option(1e-4, min=0.0, help="Adam learning rate."),
     scheduler: Scheduler = typer.Option(Scheduler.none, help="Learning-rate schedule "
@@ -92,7 +90,9 @@ def train(
     whole_clip: bool = typer.Option(False, "--whole-clip", help="The original recipe's "
                                     "features: each clip resized whole to 224x224."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this "
-                                       "folder after its last completed epoch."),
+                                       "folder after its last completed epoch, with its own "
+                                       "settings; only --epochs (to extend it, also a "
+                                       "finished run) and --workers may be given with it."),
     allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="Accept "
                                              "meta.csv rows whose file is an absolute path "
                                              "or leaves DATA_DIR with ../ (refused by "
@@ -101,43 +101,32 @@ def train(
     version: bool = VERSION_OPTION,
 ) -> None:
     try:
+        from trainer.config import TrainConfig, default_cache_dir, default_workers
         from trainer.model import resolve_arch
-        from trainer.train import TrainConfig, default_cache_dir, default_workers, run
+        from trainer.train import run
     except ModuleNotFoundError as e:
         raise needs_train_extra(e) from None
-    from runtime.features import FeatureConfig
+    from runtime.config import FeatureConfig
+    from runtime.fileio import writable_folder
+    from trainer.checkpoint import check_checkpoint
+    from trainer.rundir import check_new_run_folder
 
     if resume is not None:
-        run_json = resume / "run.json"
-        if not run_json.is_file():
-            raise fail(f"{run_json}: not found; --resume takes a run folder "
-                       "written by dfa-train")
-        state = read_run_json(run_json)
-        if state.get("status") == "done":
-            typer.echo(f"dfa-train: {resume} is complete; nothing to resume", err=True)
+        cfg = resume_config(ctx, resume, data_dir, TrainConfig, epochs, workers)
+        if cfg is None:
             return
-        try:
-            cfg = TrainConfig.from_dict(state["config"])
-            cfg.feature_config  # noqa: B018 - validates the features
-        except ValueError as e:
-            raise fail(f"{run_json}: {e}; this run cannot be resumed, start a new one with "
-                       "another --out") from None
-        if state.get("status") == "failed" and not trained_anything(resume):
-            raise fail(f"{resume}: nothing to resume, the run failed before training; "
-                       f"start it again with: dfa-train {cfg.data_dir} --out {resume}")
-        cfg.out = str(resume)
-        if "--epochs" in sys.argv:  # let a finished-early run be extended
-            cfg.epochs = epochs
         check_checkpoint(resume / "checkpoint.pt")
         check_arch(cfg.arch, resolve_arch)
         writable_folder(resume, "--resume")
-        writable_folder(Path(cfg.cache_dir), f"the feature cache of {run_json}")
+        writable_folder(Path(cfg.cache_dir), f"the feature cache of {resume / 'run.json'}")
     else:
         if data_dir is None:
             raise fail("DATA_DIR is required (or --resume RUN_DIR)")
         if out is None:
             out = Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        check_new_run_folder(out)
+        if check_new_run_folder(out):
+            typer.echo(f"dfa-train: {out}: the run there failed before training; "
+                       "starting it again", err=True)
         if feature_config is not None and whole_clip:
             raise fail("--feature-config and --whole-clip exclude each other")
         try:
@@ -165,66 +154,65 @@ def train(
         raise typer.Exit(code)
 
 
-WRITE_CHECK = ".dfa-write-check-"
+# What --resume takes from the command line; every other setting is the run's own (run.json).
+RESUME_HONOURS = ("epochs", "workers")
 
 
-def read_run_json(path: Path) -> dict:
-    """run.json as a dict with a config object, or a one-line error naming the file."""
+def given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user set this parameter (command line or environment), by click's
+    record of where each value came from: `--epochs 20` and `--epochs=20` alike. Compared
+    by name: typer may carry its own copy of click, whose ParameterSource is another enum."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def resume_config(ctx: typer.Context, resume: Path, data_dir: Path | None, config_class,
+                  epochs: int, workers: int | None):
+    """The TrainConfig to continue `resume` with, or None when there is nothing to do.
+
+    --resume continues a run with the settings it started with. It honours --epochs (to
+    extend a run) and --workers (processes, not results); any other option given with it
+    is refused by name rather than dropped."""
+    from trainer.rundir import RESUME_HINT, read_run_json, trained_anything
+
+    ignored = [f"--{p.name.replace('_', '-')}" for p in ctx.command.params
+               if p.name not in (*RESUME_HONOURS, "resume", "debug", "version", "data_dir")
+               and given(ctx, p.name)]
+    if data_dir is not None:
+        ignored.insert(0, "DATA_DIR")
+    if ignored:
+        raise fail(f"--resume continues {resume} with the settings in its run.json; "
+                   f"{', '.join(ignored)} cannot change there (with --resume only "
+                   f"{', '.join('--' + n for n in RESUME_HONOURS)} may be given); start a "
+                   "new run with another --out to change them")
+    run_json = resume / "run.json"
+    if not run_json.is_file():
+        raise fail(f"{run_json}: not found; --resume takes a run folder written by dfa-train")
+    state = read_run_json(run_json)
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise fail(f"{path}: not a readable run.json ({e}); this run cannot be resumed, "
-                   "start a new one with another --out") from None
-    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
-        raise fail(f"{path}: not a dfa-train run.json (no config object); this run cannot "
-                   "be resumed, start a new one with another --out")
-    return state
-
-
-def trained_anything(run_dir: Path) -> bool:
-    return (run_dir / "checkpoint.pt").exists() or (run_dir / "model.pth").exists()
-
-
-def check_new_run_folder(out: Path) -> None:
-    """A new run may go into a missing or empty folder, or the folder of a run that failed
-    before training; never over someone's files or a run that trained."""
-    if out.exists() and not out.is_dir():
-        raise fail(f"--out {out}: is a file, not a folder; choose another --out")
-    run_json = out / "run.json"
-    if run_json.exists():
-        try:
-            state = json.loads(run_json.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError):
-            state = None
-        if (isinstance(state, dict) and state.get("status") == "failed"
-                and not trained_anything(out)):
-            typer.echo(f"dfa-train: {out}: the run there failed before training; "
-                       "starting it again", err=True)
-            return
-        raise fail(f"{out} already holds a run; continue it with --resume "
-                   f"{out} or choose another --out")
-    try:
-        # Another torchrun rank's write check may be there for a moment: not a user file.
-        used = out.is_dir() and any(not p.name.startswith(WRITE_CHECK) for p in out.iterdir())
-    except OSError as e:
-        raise fail(f"--out {out}: cannot list it ({e.strerror}); choose another --out") from None
-    if used:
-        raise fail(f"--out {out}: folder exists, is not empty and holds no dfa-train run; "
-                   "choose another --out or empty it")
-
-
-def writable_folder(path: Path, what: str) -> None:
-    """Create the folder if needed and prove a file can be written in it, before any work
-    (a path under a regular file fails here even for root)."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=WRITE_CHECK, dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        reason = f"{e.strerror}: {e.filename}" if e.filename else str(e)
-        raise fail(f"{what} {path}: cannot write there ({reason}); choose another "
-                   "folder") from None
+        cfg = config_class.from_dict(state["config"])
+        cfg.feature_config  # noqa: B018 - validates the features
+    except ValueError as e:
+        raise fail(f"{run_json}: {e}; {RESUME_HINT}") from None
+    extend = given(ctx, "epochs") and epochs != cfg.epochs
+    if extend and cfg.scheduler == "cosine":
+        raise fail(f"--epochs {epochs}: {resume} uses a cosine schedule that ends at epoch "
+                   f"{cfg.epochs}; it cannot be extended (the learning rate would rise "
+                   "again): start a new run with another --out")
+    if state.get("status") == "done" and not (extend and epochs > cfg.epochs):
+        typer.echo(f"dfa-train: {resume} is complete ({cfg.epochs} epochs); nothing to "
+                   f"resume{'' if given(ctx, 'epochs') else '; pass --epochs N to train on'}",
+                   err=True)
+        return None
+    if state.get("status") == "failed" and not trained_anything(resume):
+        raise fail(f"{resume}: nothing to resume, the run failed before training; "
+                   f"start it again with: dfa-train {cfg.data_dir} --out {resume}")
+    cfg.out = str(resume)
+    if extend:
+        cfg.epochs = epochs
+    if given(ctx, "workers"):
+        cfg.workers = workers
+    return cfg
 
 
 def check_arch(arch: str, resolve_arch) -> None:
@@ -232,28 +220,6 @@ def check_arch(arch: str, resolve_arch) -> None:
         resolve_arch(arch)
     except ValueError as e:
         raise fail(str(e)) from None
-
-
-def check_checkpoint(path: Path) -> None:
-    """Fail now, in one line, on a checkpoint that --resume could not load (truncated by a
-    full disk, overwritten, not ours). Loaded as _run loads it: weights_only=True, here
-    memory-mapped so the check costs little."""
-    if not path.exists():
-        return
-    import torch
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged file
-        reason = " ".join(str(e).split())
-        reason = reason if len(reason) <= 70 else reason[:67] + "..."
-        raise fail(f"{path}: not a readable checkpoint, this run cannot be resumed; start a "
-                   f"new one with another --out ({type(e).__name__}: {reason})") from None
-    keys = {"epoch", "model", "optimizer", "best", "rng"}
-    if not (isinstance(ckpt, dict) and keys <= ckpt.keys()
-            and isinstance(ckpt["epoch"], int) and isinstance(ckpt["best"], dict)):
-        raise fail(f"{path}: not a dfa-train checkpoint (needs {', '.join(sorted(keys))}); "
-                   "this run cannot be resumed, start a new one with another --out")
 
 
 def main() -> None:

@@ -323,7 +323,7 @@ def build_corpus(out: str | os.PathLike, utterances: int = 200, speakers: int = 
              attacks[(i // speakers) % len(attacks)], seconds) for i in range(utterances)]
     rows: list[dict] = []
     if workers > 1:
-        from trainer.data import process_pool
+        from trainer.cache import process_pool
 
         with process_pool(workers) as pool:
             for i, r in enumerate(pool.imap(_write_pair, jobs, chunksize=4), 1):

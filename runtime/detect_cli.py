@@ -1,0 +1,150 @@
+"""dfa-detect: score audio files with a dfa ONNX model (no torch needed)."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from runtime.clikit import (
+    DEBUG_OPTION,
+    VERSION_OPTION,
+    Device,
+    app_main,
+    fail,
+    handle_errors,
+)
+from runtime.errors import EXIT_FAILED
+from runtime.inputs import FLUSH, expand_inputs, stdin_lines
+from runtime.limits import MAX_BATCH
+from runtime.writers import Format, Progress, Writer
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 every input was scored; 1 at least one input failed (the others are "
+    "still scored and printed); 2 usage error or unusable model/device (nothing scored); "
+    "130 interrupted."
+)
+
+
+class Aggregation(str, Enum):
+    mean = "mean"
+    max = "max"
+
+
+def serve_stdin(detector, writer, debug: bool, stream=None) -> int:
+    """--stdin: score paths as they arrive; returns the number of failed inputs.
+
+    A directory line stands for the audio files under it; one with none is passed on as
+    itself and fails as "is a directory".
+    """
+
+    def paths():
+        for line in stdin_lines(stream or sys.stdin):
+            if line is FLUSH:
+                yield FLUSH
+            elif line.strip():
+                for p, _ in expand_inputs([Path(line.strip())]):
+                    yield p
+
+    failed = 0
+    for r in detector.score(paths()):
+        writer.write(r)
+        if not r.ok:
+            failed += 1
+            if debug and r.traceback:
+                sys.stderr.write(r.traceback)
+    return failed
+
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command(
+    help="Score audio files: P(spoof) per file (0 = bona fide speech, 1 = AI-generated), "
+    "and the label at the model's calibrated threshold. PATHS are files or directories "
+    "(searched recursively for audio files). Results go to stdout, progress and errors "
+    "to stderr.",
+    epilog=EXIT_CODES_HELP,
+)
+@handle_errors("dfa-detect")
+def detect(
+    # readable=False: an unreadable file is that file's error, not the whole run's.
+    paths: list[Path] | None = typer.Argument(None, help="Audio files or directories.",
+                                              show_default=False, readable=False),
+    model: Path = typer.Option(Path("model.onnx"), "--model", "-m", envvar="DFA_MODEL",
+                               help="dfa ONNX model (default: $DFA_MODEL, else ./model.onnx)."),
+    device: Device = typer.Option(Device.auto, help="cpu, cuda (fails plainly if onnxruntime "
+                                  "cannot run on CUDA) or auto (CUDA when it works)."),
+    threads: int | None = typer.Option(None, min=1, help="onnxruntime intra-op threads "
+                                       "(default on CPU: one per core)."),
+    threshold: float | None = typer.Option(None, min=0.0, max=1.0, help="Override the "
+                                           "model's calibrated decision threshold."),
+    batch_size: int | None = typer.Option(None, min=1, max=MAX_BATCH, help="Windows per "
+                                          "inference batch; "
+                                          "windows of consecutive files share batches "
+                                          "(default: 4 on CPU, 32 on CUDA)."),
+    aggregation: Aggregation | None = typer.Option(None, help="A file's score from its "
+                                                   "windows: mean (the model's default) or "
+                                                   "max (the most suspicious window, for "
+                                                   "fakes spliced into real speech)."),
+    fmt: Format = typer.Option(Format.table, "--format", "-f", help="table, json (one JSON "
+                               "object per line and file) or csv."),
+    segments: bool = typer.Option(False, "--segments", help="Also print each window's "
+                                  "start, end and score."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress on "
+                                         "stderr (default: when stderr is a terminal and there "
+                                         "are several files)."),
+    stdin: bool = typer.Option(False, "--stdin", help="Stay running: read paths from "
+                               "stdin, one per line, and write one JSON line per result as "
+                               "soon as it is scored (start-up is paid once)."),
+    debug: bool = DEBUG_OPTION,
+    version: bool = VERSION_OPTION,
+) -> None:
+    from runtime.detector import Detector
+
+    if stdin and paths:
+        raise fail("give PATHs or --stdin, not both")
+    if not stdin and not paths:
+        raise fail("missing PATH...: give audio files or directories, or "
+                   "--stdin; see --help")
+
+    detector = Detector(model, device=device.value, threads=threads,
+                        batch_size=batch_size, threshold=threshold,
+                        aggregation=aggregation.value if aggregation else None)
+    for note in detector.notes:
+        typer.echo(f"dfa-detect: note: {note}", err=True)
+
+    if stdin:
+        failed = serve_stdin(detector, Writer(Format.json, segments), debug)
+        if failed:
+            typer.echo(f"dfa-detect: {failed} inputs failed", err=True)
+            raise typer.Exit(EXIT_FAILED)
+        return
+
+    inputs = list(expand_inputs(paths))
+    show = progress if progress is not None else (sys.stderr.isatty() and len(inputs) > 1)
+    bar = Progress(len(inputs), show)
+    writer = Writer(fmt, segments)
+    failed = 0
+
+    for r in detector.score_inputs(inputs):
+        bar.step(r.path)
+        writer.write(r)
+        if not r.ok:
+            failed += 1
+            if debug and r.traceback:
+                sys.stderr.write(r.traceback)
+    bar.close()
+    if failed:
+        typer.echo(f"dfa-detect: {failed} of {len(inputs)} inputs failed", err=True)
+        raise typer.Exit(EXIT_FAILED)
+
+
+def main() -> None:
+    app_main(app)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""TrainConfig: every setting of a training run, as dfa-train's options set them and as
+run.json stores them (what --resume reads back)."""
+
+from __future__ import annotations
+
+import os
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+
+from runtime.config import FeatureConfig
+from runtime.metadata import AGGREGATIONS
+from runtime.session import DEVICES
+
+SPLIT_KINDS = ("stratified", "speaker")
+SCHEDULERS = ("none", "cosine")
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "dfa", "features")
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+@dataclass
+class TrainConfig:
+    data_dir: str
+    out: str
+    arch: str = "res2net50"
+    features: dict = field(default_factory=lambda: FeatureConfig().to_dict())
+    split: str = "stratified"
+    splits_file: str | None = None
+    seed: int = 0
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-4
+    scheduler: str = "none"
+    workers: int = field(default_factory=default_workers)
+    device: str = "auto"
+    amp: bool = True
+    target_fpr: float | None = None
+    skip_bad: bool = False
+    cache_dir: str = field(default_factory=default_cache_dir)
+    aggregation: str = "mean"
+    allow_outside: bool = False  # meta.csv may name absolute and ../ paths
+    # Precise BatchNorm: eval-mode statistics recomputed after every epoch over up to this
+    # many training batches (0: keep the running averages); trainer/batchnorm.py says why.
+    bn_batches: int = 200
+    threads: int | None = None  # torch CPU threads (None: torch's default, one per core)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """The config of a run.json; ValueError names the first field that does not fit
+        (a hand-edited or damaged file), so --resume fails before any work."""
+        if not isinstance(d, dict):
+            raise ValueError(f"config is a JSON {type(d).__name__}, not an object")
+        hints = typing.get_type_hints(cls)
+        # One rule for every config dfa reads from a file (FeatureConfig and ModelMetadata
+        # too): an unknown key is refused, not dropped (a typo would silently be ignored).
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError("config has unknown key(s) "
+                             + ", ".join(repr(k)[:40] for k in unknown[:5]))
+        choices = {"split": SPLIT_KINDS, "scheduler": SCHEDULERS, "device": DEVICES,
+                   "aggregation": AGGREGATIONS}
+        kept = {}
+        for f in fields(cls):
+            if f.name not in d:
+                if f.default is MISSING and f.default_factory is MISSING:
+                    raise ValueError(f"config has no {f.name!r}")
+                continue
+            value, kind = d[f.name], hints[f.name]
+            allowed = typing.get_args(kind) or (kind,)
+            if float in allowed:  # JSON writes 1.0 as 1
+                allowed = (*allowed, int)
+            if (isinstance(value, bool) and bool not in allowed) or not isinstance(
+                    value, tuple(type(None) if a is None else a for a in allowed)):
+                name = kind.__name__ if isinstance(kind, type) else str(kind)
+                raise ValueError(f"config {f.name!r} is {value!r}, not {name}")
+            if float in allowed and type(value) is int:
+                value = float(value)
+            if f.name in choices and value not in choices[f.name]:
+                raise ValueError(f"config {f.name!r} is {value!r}; expected one of "
+                                 f"{', '.join(choices[f.name])}")
+            # The CLI's own ranges (dfa-train --help), so a hand-edited run.json cannot
+            # reach the data loader with a batch of 0.
+            lowest = {"epochs": 1, "batch_size": 2, "workers": 1, "bn_batches": 0,
+                      "threads": 1, "lr": 0.0}.get(f.name)
+            if lowest is not None and value is not None and value < lowest:
+                raise ValueError(f"config {f.name!r} is {value!r}; it must be at least "
+                                 f"{lowest}")
+            if f.name == "target_fpr" and value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"config 'target_fpr' is {value!r}; it must be in [0, 1]")
+            kept[f.name] = value
+        return cls(**kept)
+
+    @property
+    def feature_config(self) -> FeatureConfig:
+        return FeatureConfig.from_dict(self.features)

@@ -1,0 +1,184 @@
+"""The torch side of an epoch: the training windows, one epoch of optimisation, scoring
+files as the runtime does (windows -> aggregate), precise BatchNorm and determinism."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from runtime.scoring import aggregate
+from trainer.config import TrainConfig
+from trainer.distributed import Dist
+from trainer.log import Log
+
+
+def make_train_dataset(files: list[str], labels: list[int], seed: int):
+    import torch
+
+    class TrainWindows(torch.utils.data.Dataset):
+        """One window of each file per epoch; which one is a function of (seed, epoch,
+        index), so an epoch is reproducible and resumable without saved loader state."""
+
+        def __init__(self):
+            self.epoch = 0
+
+        def __len__(self):
+            return len(files)
+
+        def __getitem__(self, i):
+            arr = np.load(files[i], mmap_mode="r")
+            j = int(np.random.default_rng([seed, self.epoch, i]).integers(arr.shape[0]))
+            return torch.from_numpy(np.array(arr[j])), torch.tensor(float(labels[i]))
+
+    return TrainWindows()
+
+
+def unwrap(model):
+    return getattr(model, "module", model)
+
+
+def forward_logits(model, x, dist: Dist, amp: bool):
+    import torch
+
+    if dist.cuda:
+        x = x.to(dist.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp and dist.cuda):
+        out = model(x)
+    return out.float().reshape(-1)
+
+
+def score_files(model, files: list[str], labels: list[int], dist: Dist, batch_size: int,
+                amp: bool, rule: str) -> tuple[np.ndarray, float]:
+    """P(spoof) per file with the runtime's windows and aggregation; window BCE loss.
+
+    Files are sharded over ranks and the results gathered, so every rank returns all.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    mine = list(range(dist.rank, len(files), dist.world))
+    window_p: dict[int, list[float]] = {i: [] for i in mine}
+    loss_sum, n_windows = 0.0, 0
+    batch: list[np.ndarray] = []
+    owners: list[int] = []
+
+    def flush():
+        nonlocal loss_sum, n_windows
+        x = torch.from_numpy(np.concatenate(batch))
+        y = torch.tensor([float(labels[i]) for i in owners], device=x.device)
+        with torch.no_grad():
+            logits = forward_logits(model, x, dist, amp)
+        loss_sum += float(F.binary_cross_entropy_with_logits(
+            logits, y.to(logits.device), reduction="sum"))
+        n_windows += len(owners)
+        for i, p in zip(owners, torch.sigmoid(logits).cpu().tolist(), strict=True):
+            window_p[i].append(p)
+        batch.clear()
+        owners.clear()
+
+    for i in mine:
+        arr = np.load(files[i])
+        for start in range(0, arr.shape[0], batch_size):
+            part = arr[start: start + batch_size]
+            batch.append(part)
+            owners.extend([i] * part.shape[0])
+            if len(owners) >= batch_size:
+                flush()
+    if owners:
+        flush()
+    mine_scores = {i: aggregate(p, rule) for i, p in window_p.items()}
+    scores = np.zeros(len(files))
+    for part in dist.gather((mine_scores, loss_sum, n_windows)):
+        for i, s in part[0].items():
+            scores[i] = s
+    totals = dist.sum([loss_sum, float(n_windows)])
+    return scores, totals[0] / max(1.0, totals[1])
+
+
+def pin_determinism(cfg: TrainConfig, dist: Dist) -> None:
+    """What torch lets us pin so that a run repeats bit for bit on the same machine and
+    software: thread count (float sums depend on how work is split), deterministic kernels,
+    no cuDNN autotuning. Different CPUs or libraries can still round differently; the
+    recipe (precise BatchNorm, calibration on validation) is what keeps verdicts stable."""
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.backends.cudnn.benchmark = False
+    if dist.cuda:
+        torch.backends.cudnn.deterministic = True
+    else:
+        # On CUDA some backward kernels (adaptive pooling) have no deterministic version;
+        # there the per-seed repeatability of cuDNN's deterministic mode is what we get.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def recalibrate_batchnorm(model, dataset, cfg: TrainConfig, dist: Dist, epoch: int) -> int:
+    """Precise BatchNorm statistics for the epoch's final weights (trainer/batchnorm.py),
+    from the epoch's own training windows in a fixed order."""
+    import torch
+
+    from trainer.batchnorm import average_across_ranks, recalibrate
+
+    if cfg.bn_batches < 1:
+        return 0
+    gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch + 7919)
+    if dist.world > 1:
+        sampler = torch.utils.data.DistributedSampler(
+            dataset, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed + 1)
+        sampler.set_epoch(epoch)
+    else:
+        sampler = torch.utils.data.RandomSampler(dataset, generator=gen)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+                                         generator=gen)
+    used = recalibrate(model, (x for x, _ in loader),
+                       lambda x: forward_logits(model, x, dist, cfg.amp), cfg.bn_batches)
+    average_across_ranks(model, dist)
+    return used
+
+
+def epoch_loader(dataset, cfg: TrainConfig, dist: Dist, epoch: int, workers: int):
+    """The epoch's shuffled batches: a function of (seed, epoch), so an epoch repeats on
+    --resume without saved loader state."""
+    import torch
+
+    dataset.epoch = epoch
+    if dist.world > 1:
+        sampler = torch.utils.data.DistributedSampler(
+            dataset, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed)
+        sampler.set_epoch(epoch)
+    else:
+        gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        sampler = torch.utils.data.RandomSampler(dataset, generator=gen)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
+        pin_memory=dist.cuda, persistent_workers=False)
+
+
+def train_one_epoch(model, loader, optimizer, loss_fn, cfg: TrainConfig, dist: Dist,
+                    epoch: int, log: Log, t0: float) -> tuple[float, float, float, float]:
+    """One pass over `loader`; returns (summed loss, correct, samples) over all ranks and
+    the seconds it took since t0."""
+    model.train()
+    loss_sum = correct = seen = 0.0
+    n_batches = len(loader)
+    for b, (x, y) in enumerate(loader, 1):
+        if x.shape[0] < 2:  # BatchNorm cannot train on a batch of one
+            continue
+        y = y.to(dist.device)
+        logits = forward_logits(model, x, dist, cfg.amp)
+        loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        (loss / x.shape[0]).backward()
+        optimizer.step()
+        loss_sum += loss.item()
+        correct += float(((logits > 0).float() == y).sum())
+        seen += x.shape[0]
+        log.live(f"epoch {epoch}/{cfg.epochs}  batch {b}/{n_batches}  "
+                 f"loss {loss_sum / seen:.4f}  "
+                 f"{seen * dist.world / (time.perf_counter() - t0):.1f} samples/s")
+    train_time = time.perf_counter() - t0
+    loss_sum, correct, seen = dist.sum([loss_sum, correct, seen])
+    return loss_sum, correct, seen, train_time

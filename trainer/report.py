@@ -1,0 +1,80 @@
+"""The end of a run (rank 0): the threshold calibrated on the validation split, the test
+report, and every output file: model.json, score files, plots, the printed summary."""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+import numpy as np
+
+from runtime import __version__
+from runtime import metrics as M
+from runtime.fileio import atomic_write_text
+from runtime.metadata import LABELS, ModelMetadata
+from trainer.data import group_columns
+from trainer.model import count_parameters
+from trainer.rundir import metrics_lines, set_status
+from trainer.state import RunState
+
+
+def report(run: RunState, scores: dict[str, np.ndarray]) -> None:
+    """Rank 0: calibrate on val, report on test, write every output file."""
+    import timm
+    import torch
+
+    cfg, out, best = run.cfg, run.out, run.best
+    val, test = run.splits["val"], run.splits["test"]
+    if cfg.target_fpr is not None:
+        threshold = M.threshold_at_fpr(val["label"], scores["val"], cfg.target_fpr)
+        source = f"val-fpr={cfg.target_fpr:g}"
+    else:
+        _, threshold = M.eer(val["label"], scores["val"])
+        source = "val-eer"
+    threshold = float(min(1.0, max(0.0, threshold)))
+    val_summary = M.summary(val["label"], scores["val"], threshold)
+    test_summary = M.summary(test["label"], scores["test"], threshold)
+    groups = {g: M.group_eers(test["label"], scores["test"], test[g])
+              for g in group_columns(test)}
+    for name, part in (("val", val), ("test", test)):
+        cols = ["file", "speaker", "label", *group_columns(part)]
+        frame = part[cols].copy()
+        frame["label"] = frame["label"].map(LABELS)
+        frame["score"] = np.round(scores[name], 6)
+        atomic_write_text(out / f"{name}_scores.csv", frame.to_csv(index=False))
+    history = metrics_lines(out)
+    from runtime.plots import plot_curves, plot_roc_det
+
+    plot_roc_det(out / "roc_det.png", {"val": (val["label"], scores["val"]),
+                                       "test": (test["label"], scores["test"])})
+    plot_curves(out / "curves.png", history)
+    metadata = ModelMetadata(
+        arch=run.arch_name, arch_kwargs=run.arch_kwargs, features=run.features,
+        threshold=threshold,
+        threshold_source=source, aggregation=cfg.aggregation,
+        metrics={
+            "test": test_summary, "val": val_summary, "test_groups": groups,
+            "split": cfg.split if not cfg.splits_file else f"file:{cfg.splits_file}",
+            "preset": cfg.arch, "best_epoch": best["epoch"], "epochs": cfg.epochs,
+            "parameters": count_parameters(run.model),
+        },
+        versions={"dfa": __version__, "torch": torch.__version__, "timm": timm.__version__},
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    atomic_write_text(out / "model.json", metadata.to_json())
+    set_status(out, cfg, "done")
+    run.log.result(format_summary(out, cfg, best, threshold, source, test_summary, groups))
+
+
+def format_summary(out, cfg, best, threshold, source, test, groups) -> str:
+    lines = [
+        f"dfa-train summary: {out}",
+        f"  arch            {cfg.arch}   split "
+        f"{cfg.split if not cfg.splits_file else 'from ' + cfg.splits_file}   "
+        f"best epoch {best['epoch']}/{cfg.epochs}",
+        f"  threshold       {threshold:.4f} ({source})",
+        "  test split:",
+        *M.format_report(test, groups, indent="    "),
+        f"  outputs         model.pth, model.json, test_scores.csv, roc_det.png, "
+        f"curves.png in {out}",
+    ]
+    return "\n".join(lines)
