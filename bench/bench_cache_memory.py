@@ -31,8 +31,11 @@ WAYS = {
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--minutes", type=float, default=30.0,
+                    help="length of the test file (at least 1/6: one 10 s block)")
     args = ap.parse_args()
+    if args.minutes * 6 < 1:
+        ap.error("--minutes must be at least 0.17 (the file is written in 10 s blocks)")
     with tempfile.TemporaryDirectory(prefix="dfa-bench-") as tmp:
         wav = Path(tmp) / "long.wav"
         rng = np.random.default_rng(0)

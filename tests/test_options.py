@@ -105,27 +105,28 @@ def test_target_fpr_threshold_is_the_lowest_with_fpr_at_most_the_target(fpr_cosi
 
 
 def test_cosine_scheduler_lr_per_epoch(fpr_cosine_run):
-    """metrics.jsonl records optimizer lr after the epoch's scheduler.step(), i.e. the
-    lr of the next epoch: after epoch e, CosineAnnealingLR(T_max=epochs, eta_min=0) gives
-    lr0 * (1 + cos(pi * e / epochs)) / 2, reaching 0 after the last epoch."""
+    """metrics.jsonl records the lr each epoch trained with (read before the epoch's
+    scheduler.step(); it once logged the next epoch's): with CosineAnnealingLR(T_max=epochs)
+    epoch e trains at lr0 * (1 + cos(pi * (e - 1) / epochs)) / 2, starting at lr0."""
     import torch
 
     out, _ = fpr_cosine_run
     lines = metrics_lines(out)
     assert [x["epoch"] for x in lines] == list(range(1, EPOCHS + 1))
     recorded = [x["lr"] for x in lines]
-    formula = [LR * (1 + math.cos(math.pi * e / EPOCHS)) / 2 for e in range(1, EPOCHS + 1)]
+    formula = [LR * (1 + math.cos(math.pi * (e - 1) / EPOCHS)) / 2
+               for e in range(1, EPOCHS + 1)]
     assert recorded == pytest.approx(formula, rel=1e-6, abs=1e-12)
+    assert recorded[0] == LR
     assert all(a > b for a, b in zip(recorded, recorded[1:], strict=False))
-    assert recorded[-1] == pytest.approx(0.0, abs=1e-12)
     # And torch's own scheduler, stepped the same way, agrees.
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=LR)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=EPOCHS)
     expected = []
     for _ in range(EPOCHS):
+        expected.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-        expected.append(opt.param_groups[0]["lr"])
     assert recorded == pytest.approx(expected, rel=1e-6, abs=1e-12)
     run_json = json.loads((out / "run.json").read_text())
     assert run_json["config"]["scheduler"] == "cosine"

@@ -137,13 +137,13 @@ def _run(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log) -> int
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         loader = epoch_loader(dataset, cfg, dist, epoch, loader_workers)
+        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains with
         loss_sum, correct, seen, train_time = train_one_epoch(
             train_model, loader, optimizer, loss_fn, cfg, dist, epoch, log, t0)
         if scheduler is not None:
             scheduler.step()
         recalibrate_batchnorm(model, dataset, cfg, dist, epoch)
-        record = _validate(state, epoch, t0, train_time, loss_sum, correct, seen,
-                           optimizer.param_groups[0]["lr"])
+        record = _validate(state, epoch, t0, train_time, loss_sum, correct, seen, lr)
         if dist.main:
             if record["best"]:
                 atomic_torch_save(unwrap(model).state_dict(), out / "model.pth")
