@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from runtime.bootstrap import Method, resample_indices
+
 GATE_RULE = (
     "int8 is refused when (a) on labelled files, the upper end of the paired-bootstrap 95% "
     "interval of the EER change (int8 minus float) exceeds max_eer_increase, or (b) on "
@@ -125,11 +127,10 @@ def int8_gate(fp32_scores, int8_scores, threshold: float, labels=None, *,
         gate.auc_fp32, gate.auc_int8 = M.roc_auc(y, a), M.roc_auc(y, b)
         gate.eer_change = gate.eer_int8 - gate.eer_fp32
         gate.auc_change = gate.auc_int8 - gate.auc_fp32
-        rng = np.random.default_rng(seed)
         neg, pos = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
         d_eer, d_auc = np.empty(resamples), np.empty(resamples)
-        for i in range(resamples):
-            idx = np.concatenate([rng.choice(neg, neg.size), rng.choice(pos, pos.size)])
+        by_file = Method("file", resamples, int(y.size))  # the same files for both models
+        for i, idx in enumerate(resample_indices(y, method=by_file, seed=seed)):
             yi, ai, bi = y[idx], a[idx], b[idx]
             d_eer[i] = M.eer(yi, bi)[0] - M.eer(yi, ai)[0]
             d_auc[i] = M.roc_auc(yi, bi) - M.roc_auc(yi, ai)

@@ -81,6 +81,16 @@ def detect(
                                        "(default on CPU: one per core)."),
     threshold: float | None = typer.Option(None, min=0.0, max=1.0, help="Override the "
                                            "model's calibrated decision threshold."),
+    prior: float | None = typer.Option(None, min=0.0, max=1.0, help="P(spoof) expected in "
+                                       "the audio you score: the threshold becomes the Bayes "
+                                       "decision for it (and the costs) through the model's "
+                                       "calibration, instead of the model's threshold."),
+    cost_false_spoof: float = typer.Option(1.0, min=0.0, help="With --prior: the cost of "
+                                           "calling bona fide speech spoof."),
+    cost_missed_spoof: float = typer.Option(1.0, min=0.0, help="With --prior: the cost of "
+                                            "calling a spoof bona fide."),
+    llr: bool = typer.Option(False, "--llr", help="Also print the calibrated log-likelihood "
+                             "ratio ln p(x|spoof)/p(x|bona fide) (> 0 favours spoof)."),
     batch_size: int | None = typer.Option(None, min=1, max=MAX_BATCH, help="Windows per "
                                           "inference batch; "
                                           "windows of consecutive files share batches "
@@ -110,14 +120,25 @@ def detect(
         raise fail("missing PATH...: give audio files or directories, or "
                    "--stdin; see --help")
 
+    if prior is None and (cost_false_spoof != 1.0 or cost_missed_spoof != 1.0):
+        raise fail("--cost-false-spoof and --cost-missed-spoof need --prior")
     detector = Detector(model, device=device.value, threads=threads,
                         batch_size=batch_size, threshold=threshold,
-                        aggregation=aggregation.value if aggregation else None)
+                        aggregation=aggregation.value if aggregation else None,
+                        prior=prior, cost_false_spoof=cost_false_spoof,
+                        cost_missed_spoof=cost_missed_spoof)
+    if llr and detector.calibration is None:
+        raise fail(f"--llr: {model} has no calibration (trained before dfa stored one); "
+                   "retrain it, or leave out --llr")
     for note in detector.notes:
         typer.echo(f"dfa-detect: note: {note}", err=True)
+    if prior is not None:
+        typer.echo(f"dfa-detect: note: --prior {prior:g}: spoof when P(spoof) >= "
+                   f"{detector.threshold:.4f} (the model's own threshold is "
+                   f"{detector.metadata.threshold:.4f})", err=True)
 
     if stdin:
-        failed = serve_stdin(detector, Writer(Format.json, segments), debug)
+        failed = serve_stdin(detector, Writer(Format.json, segments, llr=llr), debug)
         if failed:
             typer.echo(f"dfa-detect: {failed} inputs failed", err=True)
             raise typer.Exit(EXIT_FAILED)
@@ -126,7 +147,7 @@ def detect(
     inputs = list(expand_inputs(paths))
     show = progress if progress is not None else (sys.stderr.isatty() and len(inputs) > 1)
     bar = Progress(len(inputs), show)
-    writer = Writer(fmt, segments)
+    writer = Writer(fmt, segments, llr=llr)
     failed = 0
 
     for r in detector.score_inputs(inputs):

@@ -57,7 +57,12 @@ class Detector:
 
     def __init__(self, model: str | os.PathLike, device: str = "auto",
                  threads: int | None = None, batch_size: int | None = None,
-                 threshold: float | None = None, aggregation: str | None = None):
+                 threshold: float | None = None, aggregation: str | None = None,
+                 prior: float | None = None, cost_false_spoof: float = 1.0,
+                 cost_missed_spoof: float = 1.0):
+        """`threshold` overrides the model's; or `prior` (P(spoof) in the audio to be
+        scored) with the costs of calling bona fide speech spoof and of missing a spoof
+        sets the Bayes threshold through the model's calibration (runtime.calibration)."""
         if batch_size is not None and not 1 <= batch_size <= MAX_BATCH:
             raise InvalidArgument(f"batch size must be in 1..{MAX_BATCH}, got {batch_size}")
         if threshold is not None and not 0.0 <= threshold <= 1.0:
@@ -88,6 +93,21 @@ class Detector:
         self.features = self.metadata.features
         self.batch_size = batch_size or (DEFAULT_BATCH_CPU if self.device == "cpu"
                                          else DEFAULT_BATCH_CUDA)
+        self.calibration = self.metadata.calibration or None
+        if prior is not None:
+            if threshold is not None:
+                raise InvalidArgument("give a threshold or a prior, not both")
+            if self.calibration is None:
+                raise ModelError(f"{self.model_path}: has no calibration (trained before dfa "
+                                 "stored one): a prior cannot set its threshold; use "
+                                 "--threshold, or retrain it")
+            from runtime.calibration import threshold_for_prior
+
+            try:
+                threshold = threshold_for_prior(self.calibration, prior, cost_false_spoof,
+                                                cost_missed_spoof)
+            except ValueError as e:
+                raise InvalidArgument(str(e)) from None
         self.threshold = self.metadata.threshold if threshold is None else float(threshold)
         self.aggregation = aggregation or self.metadata.aggregation
         if self.aggregation not in AGGREGATIONS:
@@ -304,8 +324,14 @@ class Detector:
             return FileResult(job.path, error=job.error, traceback=job.traceback)
         segments = sorted(job.segments, key=lambda s: s.start_s)
         score = aggregate([s.score for s in segments], self.aggregation)
+        llr = None
+        if self.calibration is not None:
+            from runtime.calibration import to_llr
+
+            llr = float(to_llr([score], self.calibration)[0])
         return FileResult(
-            path=job.path, score=score, label=self.metadata.label_for(score, self.threshold),
+            path=job.path, score=score, llr=llr,
+            label=self.metadata.label_for(score, self.threshold),
             duration_s=job.total / self.features.sample_rate, windows=len(segments),
             segments=segments,
         )

@@ -49,6 +49,10 @@ def evaluate_cmd(
     group_by: list[str] | None = typer.Option(None, "--group-by", help="Group column(s) for "
                                               "per-group EER (default: every extra column)."),
     scores: Path | None = typer.Option(None, help="Write `file score label` lines here."),
+    compare: Path | None = typer.Option(None, "--compare", help="Another model's --scores "
+                                        "file on the same data and split: report the EER and "
+                                        "ROC AUC differences (this minus that) with paired "
+                                        "bootstrap intervals."),
     plot: Path | None = typer.Option(None, help="Draw ROC and DET curves to this PNG "
                                      "(needs matplotlib)."),
     threshold: float | None = typer.Option(None, min=0.0, max=1.0, help="Override the "
@@ -70,9 +74,13 @@ def evaluate_cmd(
     if split is not None and splits is None:
         raise fail("--split needs --splits FILE")
     # Outputs are checked before hours of scoring, and never replace an input.
-    inputs = (data_dir / "meta.csv", splits, model)
+    inputs = (data_dir / "meta.csv", splits, model, compare)
     if scores is not None:
         check_output(scores, "--scores", inputs)
+    if compare is not None:
+        from runtime.evaluate import read_scores
+
+        read_scores(compare)  # a wrong file fails now, not after the scoring
     if plot is not None:
         check_output(plot, "--plot", (*inputs, scores))
     if plot is not None:
@@ -93,6 +101,11 @@ def evaluate_cmd(
         bar.close()
     if scores is not None:
         write_scores(scores, result)
+    comparison = None
+    if compare is not None:
+        from runtime.evaluate import compare as compare_scores
+
+        comparison = compare_scores(result, compare)
     plot_error = None
     if plot is not None:  # drawn before the report names it; a failure never hides the report
         from runtime.plots import plot_roc_det
@@ -106,12 +119,16 @@ def evaluate_cmd(
     if fmt is EvalFormat.json:
         print(json.dumps({"data": str(data_dir), "model": str(model),
                           "split": (split or "test") if splits else None,
-                          **result.to_dict()}, indent=2))
+                          **result.to_dict(),
+                          **({"compare": comparison.to_dict()} if comparison else {})},
+                         indent=2))
     else:
         from runtime.metrics import format_report
 
         print(f"dfa-eval: {what} with {model}")
         print("\n".join(format_report(result.summary, result.groups)))
+        if comparison is not None:
+            print("\n".join(comparison.lines()))
         if scores is not None:
             print(f"  scores          {scores}")
         if plot is not None and plot_error is None:

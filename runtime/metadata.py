@@ -20,7 +20,8 @@ from runtime import __version__
 from runtime.config import FeatureConfig
 from runtime.errors import DfaError
 
-SCHEMA_VERSION = 1
+# 2: adds `calibration` (score -> LLR); schema 1 files are still read.
+SCHEMA_VERSION = 2
 METADATA_KEY = "dfa.metadata"
 # Graph interface shared by dfa-export and the runtime: float32 (batch, 1, H, W) in,
 # P(spoof) of shape (batch,) or (batch, 1) out. The sigmoid is part of the graph.
@@ -50,6 +51,9 @@ class ModelMetadata:
     # A file's score from its window scores: mean of window P(spoof) (or max: the most
     # suspicious window, for audio where a fake may be spliced into real speech).
     aggregation: str = "mean"
+    # llr = scale * logit(P(spoof)) + offset, fitted on the validation split
+    # (runtime.calibration); {} for models trained before it existed.
+    calibration: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=lambda: {"dfa": __version__})
     created: str = ""
@@ -79,6 +83,14 @@ class ModelMetadata:
         check(self.aggregation in AGGREGATIONS,
               f"aggregation must be one of {', '.join(AGGREGATIONS)}, got "
               f"{self.aggregation!r:.40}")
+        check(isinstance(self.calibration, dict), "calibration must be a JSON object")
+        if self.calibration:
+            check(all(isinstance(self.calibration.get(k), (int, float))
+                      and not isinstance(self.calibration.get(k), bool)
+                      and math.isfinite(self.calibration[k]) for k in ("scale", "offset")),
+                  "calibration needs finite numbers 'scale' and 'offset'")
+            check(self.calibration["scale"] > 0,
+                  f"calibration scale must be positive, got {self.calibration['scale']!r:.40}")
         for name in ("metrics", "versions"):
             check(isinstance(getattr(self, name), dict), f"{name} must be a JSON object")
         check(isinstance(self.created, str), "created must be a string")

@@ -70,6 +70,52 @@ def threshold_at_fpr(labels, scores, target_fpr: float) -> float:
     return float((t[k - 1] + upper) / 2)
 
 
+# ASVspoof 5's detection cost (Wang et al. 2024, the evaluation package's
+# calculate_minDCF_EER_CLLR_actDCF): prior of a spoof 0.05, cost 1 for rejecting bona fide
+# speech (a miss, in its bona-fide-positive terms) and 10 for accepting a spoof.
+ASVSPOOF5_DCF = {"p_spoof": 0.05, "c_miss": 1.0, "c_fa": 10.0}
+
+
+def _dcf(p_miss, p_fa, p_spoof: float, c_miss: float, c_fa: float):
+    """Normalised DCF: divided by the cost of the best decision without a detector."""
+    cost = c_miss * (1 - p_spoof) * np.asarray(p_miss) + c_fa * p_spoof * np.asarray(p_fa)
+    return cost / min(c_miss * (1 - p_spoof), c_fa * p_spoof)
+
+
+def min_dcf(labels, scores, p_spoof: float = 0.05, c_miss: float = 1.0,
+            c_fa: float = 10.0) -> float:
+    """The lowest normalised DCF over every threshold (scores rising with P(spoof)).
+
+    As the ASVspoof 5 package computes it: scores sorted in bona-fide-positive order
+    (stable, bona fide first among ties, a pessimistic order inside tied groups), and the
+    cost evaluated after rejecting the k lowest, for every k."""
+    y, s = _check(labels, scores)
+    _both_classes(y)
+    bona_positive = np.concatenate([-s[y == 0], -s[y == 1]])
+    is_bona = np.concatenate([np.ones((y == 0).sum()), np.zeros((y == 1).sum())])
+    order = np.argsort(bona_positive, kind="mergesort")
+    rejected_bona = np.cumsum(is_bona[order])
+    n_bona, n_spoof = is_bona.sum(), (1 - is_bona).sum()
+    accepted_spoof = n_spoof - (np.arange(1, y.size + 1) - rejected_bona)
+    p_miss = np.concatenate([[0.0], rejected_bona / n_bona])
+    p_fa = np.concatenate([[1.0], accepted_spoof / n_spoof])
+    return float(_dcf(p_miss, p_fa, p_spoof, c_miss, c_fa).min())
+
+
+def act_dcf(labels, llrs, p_spoof: float = 0.05, c_miss: float = 1.0,
+            c_fa: float = 10.0) -> float:
+    """Normalised DCF of the Bayes decision on calibrated LLRs (ln p(x|spoof)/p(x|bona)):
+    bona fide is accepted when its bona-fide-positive LLR, -llr, is at least
+    -ln(c_miss (1 - p_spoof) / (c_fa p_spoof)), as the ASVspoof 5 package decides."""
+    y, s = _check(labels, llrs)
+    _both_classes(y)
+    tau = -np.log(c_miss * (1 - p_spoof) / (c_fa * p_spoof))
+    bona, spoof = -s[y == 0], -s[y == 1]
+    p_miss = float((bona < tau).sum() / bona.size)
+    p_fa = float((spoof >= tau).sum() / spoof.size)
+    return float(_dcf(p_miss, p_fa, p_spoof, c_miss, c_fa))
+
+
 def roc_auc(labels, scores) -> float:
     """Area under the ROC curve (Mann-Whitney U with ties counted half)."""
     y, s = _check(labels, scores)
@@ -94,8 +140,11 @@ def confusion(labels, scores, threshold: float) -> np.ndarray:
     return m
 
 
-def summary(labels, scores, threshold: float) -> dict:
-    """Everything a report needs, JSON-ready."""
+def summary(labels, scores, threshold: float, llrs=None, speakers=None,
+            resamples: int = 1000) -> dict:
+    """Everything a report needs, JSON-ready. With both classes: EER and ROC AUC with 95%
+    bootstrap intervals (by speaker when `speakers` has enough of them, runtime.bootstrap),
+    minDCF (ASVspoof 5 costs) and minCllr; with calibrated `llrs` also actDCF and Cllr."""
     y, s = _check(labels, scores)
     m = confusion(y, s, threshold)
     out = {
@@ -109,19 +158,35 @@ def summary(labels, scores, threshold: float) -> dict:
         "fnr": float(m[1, 0] / max(1, m[1].sum())),
     }
     if y.min() != y.max():
+        from runtime import bootstrap
+        from runtime.calibration import cllr, min_cllr
+
         out["eer"], out["eer_threshold"] = eer(y, s)
         out["roc_auc"] = roc_auc(y, s)
+        if resamples:
+            method = bootstrap.choose_method(y, speakers, resamples)
+            out["eer_ci95"] = bootstrap.interval(y, s, lambda a, b: eer(a, b)[0], speakers,
+                                                 method)
+            out["roc_auc_ci95"] = bootstrap.interval(y, s, roc_auc, speakers, method)
+            out["interval"] = method.describe()
+        out["min_dcf"] = min_dcf(y, s, **ASVSPOOF5_DCF)
+        out["min_cllr"] = min_cllr(y, s)
+        if llrs is not None:
+            _, llr = _check(y, llrs)
+            out["act_dcf"] = act_dcf(y, llr, **ASVSPOOF5_DCF)
+            out["cllr"] = cllr(y, llr)
     return out
 
 
-def group_eers(labels, scores, groups) -> dict[str, dict]:
-    """EER per value of a group column (e.g. attack).
+def group_eers(labels, scores, groups, llrs=None) -> dict[str, dict]:
+    """EER (and minDCF; actDCF and Cllr with `llrs`) per value of a group column.
 
     A group with both classes is scored on its own rows. A group with spoofs only (an
     attack) is scored against all bona fide rows, as ASVspoof reports per-attack EER. A
     group with bona fide only has no EER of its own and is left out.
     """
     y, s = _check(labels, scores)
+    llr = None if llrs is None else np.asarray(llrs, dtype=np.float64).ravel()
     g = np.asarray(groups).astype(str).ravel()
     out = {}
     for value in sorted(set(g.tolist())):
@@ -133,7 +198,13 @@ def group_eers(labels, scores, groups) -> dict[str, dict]:
         if y[rows].min() == y[rows].max():
             continue
         rate, _ = eer(y[rows], s[rows])
-        out[value] = {"eer": rate, "n": int((g == value).sum())}
+        out[value] = {"eer": rate, "n": int((g == value).sum()),
+                      "min_dcf": min_dcf(y[rows], s[rows], **ASVSPOOF5_DCF)}
+        if llr is not None:
+            from runtime.calibration import cllr
+
+            out[value]["act_dcf"] = act_dcf(y[rows], llr[rows], **ASVSPOOF5_DCF)
+            out[value]["cllr"] = cllr(y[rows], llr[rows])
     return out
 
 
@@ -144,8 +215,23 @@ def format_report(result: dict, groups: dict[str, dict] | None = None,
     lines = [f"{indent}files           {result['n']} ({result['n_bona_fide']} bona-fide, "
              f"{result['n_spoof']} spoof)"]
     if "eer" in result:
-        lines += [f"{indent}EER             {100 * result['eer']:.2f}%",
-                  f"{indent}ROC AUC         {result['roc_auc']:.4f}"]
+        eer_ci = auc_ci = ""
+        if "eer_ci95" in result:
+            lo, hi = result["eer_ci95"]
+            eer_ci = f" [{100 * lo:.2f}, {100 * hi:.2f}]"
+            lo, hi = result["roc_auc_ci95"]
+            auc_ci = f" [{lo:.4f}, {hi:.4f}]"
+        lines += [f"{indent}EER             {100 * result['eer']:.2f}%{eer_ci}",
+                  f"{indent}ROC AUC         {result['roc_auc']:.4f}{auc_ci}"]
+        if "interval" in result:
+            lines.append(f"{indent}intervals       {result['interval']}")
+        if "min_dcf" in result:
+            act = (f", actDCF {result['act_dcf']:.4f}" if "act_dcf" in result
+                   else " (actDCF needs a calibrated model)")
+            lines.append(f"{indent}DCF             minDCF {result['min_dcf']:.4f}{act} "
+                         "(ASVspoof 5 costs)")
+            cal = (f"Cllr {result['cllr']:.3f}, " if "cllr" in result else "")
+            lines.append(f"{indent}Cllr            {cal}minCllr {result['min_cllr']:.3f} bits")
     lines += [
         f"{indent}accuracy        {100 * result['accuracy']:.2f}% at threshold "
         f"{result['threshold']:.4f} (FPR {100 * result['fpr']:.2f}%, "

@@ -38,16 +38,19 @@ class FileResult:
     windows: int = 0
     segments: list[Segment] = field(default_factory=list)
     error: str | None = None
+    # ln p(x|spoof)/p(x|bona fide) from the model's calibration (None without one)
+    llr: float | None = None
     traceback: str | None = field(default=None, repr=False)  # for --debug only
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
-    def to_dict(self, segments: bool = False) -> dict:
+    def to_dict(self, segments: bool = False, llr: bool = False) -> dict:
         d = {
             "path": self.path,
             "score": None if self.score is None else round(self.score, 6),
+            **({"llr": None if self.llr is None else round(self.llr, 4)} if llr else {}),
             "label": self.label,
             "duration_s": None if self.duration_s is None else round(self.duration_s, 3),
             "windows": self.windows,

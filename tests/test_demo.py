@@ -22,6 +22,7 @@ def test_small_demo_runs_end_to_end(tmp_path):
         capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-4000:]
     assert "dfa demo results" in r.stdout
+    assert "dfa-info: " in r.stdout and "weights         int8" in r.stdout
     for name in ("model.onnx", "model.int8.onnx", "test_scores.fp32.txt",
                  "test_scores.int8.txt"):
         assert (out / name).is_file(), name

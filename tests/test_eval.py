@@ -57,7 +57,11 @@ def test_separable_set_has_known_metrics(model, separable):
     assert out["n"] == 8 and out["eer"] == 0.0 and out["roc_auc"] == 1.0
     assert out["accuracy"] == 1.0 and out["confusion"] == [[4, 0], [0, 4]]
     assert out["threshold"] == 0.7
-    assert out["groups"]["attack"] == {"tts": {"eer": 0.0, "n": 2}, "vc": {"eer": 0.0, "n": 2}}
+    assert out["groups"]["attack"] == {"tts": {"eer": 0.0, "n": 2, "min_dcf": 0.0},
+                                       "vc": {"eer": 0.0, "n": 2, "min_dcf": 0.0}}
+    assert out["min_dcf"] == 0.0 and out["min_cllr"] == 0.0 and out["eer_ci95"] == [0, 0]
+    assert "by file" in out["interval"]  # 3 speakers: too few for a speaker bootstrap
+    assert "act_dcf" not in out and "cllr" not in out  # the probe has no calibration
 
 
 def test_metrics_match_an_independent_computation(model, tmp_path):
@@ -166,3 +170,146 @@ def test_dfa_eval_is_torch_free(model, separable):
     out = subprocess.run([sys.executable, "-c", code, str(model), str(separable)],
                          capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr
+
+
+# ------------------------------------------------- intervals, --compare, calibrated models
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """12 speakers, two files each way wrong: an EER with a real interval."""
+    rows = [(f"b{i}.wav", "tone" if i % 6 else "noise", "bona-fide", "bona-fide")
+            for i in range(24)]
+    rows += [(f"s{i}.wav", "noise" if i % 6 else "tone", "spoof", "tts") for i in range(24)]
+    root = make_folder(tmp_path_factory.mktemp("mixed"), rows)
+    meta = (root / "meta.csv").read_text().splitlines()
+    # make_folder names 3 speakers; give every pair of rows its own of 24
+    fixed = [meta[0]] + [",".join([line.split(",")[0], f"spk{i % 24}", *line.split(",")[2:]])
+                         for i, line in enumerate(meta[1:])]
+    (root / "meta.csv").write_text("\n".join(fixed) + "\n")
+    return root
+
+
+def test_eval_reports_intervals_by_speaker(model, mixed):
+    out = json.loads(run(mixed, "-m", model, "-f", "json").stdout)
+    lo, hi = out["eer_ci95"]
+    assert lo < out["eer"] < hi and "by speaker (24 speakers)" in out["interval"]
+    table = run(mixed, "-m", model).stdout
+    assert f"EER             {100 * out['eer']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}]" in table
+    assert "intervals       95% bootstrap interval, 1000 resamples by speaker" in table
+
+
+def test_compare_with_the_same_model_finds_no_difference(model, mixed, tmp_path):
+    first = tmp_path / "a.txt"
+    assert run(mixed, "-m", model, "--scores", first).exit_code == 0
+    r = run(mixed, "-m", model, "--compare", first, "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    c = json.loads(r.stdout)["compare"]
+    assert c["files"] == 48 and c["eer"] == c["other_eer"]
+    assert c["eer_change_ci95"] == [0.0, 0.0]
+    assert "no measured difference" in run(mixed, "-m", model, "--compare", first).stdout
+
+
+def test_compare_with_a_worse_score_file(model, mixed, tmp_path):
+    det = Detector(model, device="cpu")
+    worse = tmp_path / "worse.txt"
+    meta = list(csv.DictReader(open(mixed / "meta.csv")))
+    with open(worse, "w") as f:  # a model that gets every file wrong
+        for row in meta:
+            p = det.score_file(mixed / row["file"]).score
+            f.write(f"{row['file']} {1 - p:.6f} {row['label']}\n")
+    r = run(mixed, "-m", model, "--compare", worse)
+    assert r.exit_code == 0, r.stderr
+    assert "this model is better: the interval is below 0" in r.stdout
+
+
+@pytest.mark.parametrize("text, says", [
+    ("b0.wav 0.5 bona-fide\n", "of the 48 scored files are not in it"),
+    ("b0.wav zero bona-fide\n", "line 1 is not `file score label`"),
+])
+def test_compare_refuses_a_file_that_does_not_fit(model, mixed, tmp_path, text, says):
+    other = tmp_path / "other.txt"
+    other.write_text(text)
+    r = run(mixed, "-m", model, "--compare", other)
+    assert r.exit_code == 2 and says in r.stderr
+
+
+def test_scores_with_spaces_in_names_are_read_back(tmp_path):
+    from runtime.evaluate import read_scores
+
+    f = tmp_path / "s.txt"
+    f.write_text("my clip 1.wav 0.250000 spoof\nb.wav 0.5 bona-fide\n")
+    assert read_scores(f) == {"my clip 1.wav": 0.25, "b.wav": 0.5}
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    return write_probe_model(tmp_path_factory.mktemp("cal") / "cal.onnx",
+                             probe_metadata(threshold=0.7,
+                                            calibration={"scale": 2.0, "offset": -1.0,
+                                                         "files": 10}))
+
+
+def test_calibrated_model_reports_actdcf_and_cllr(calibrated, mixed):
+    out = json.loads(run(mixed, "-m", calibrated, "-f", "json").stdout)
+    det = Detector(calibrated, device="cpu")
+    from runtime import calibration as C
+    from runtime import metrics as M
+
+    meta = list(csv.DictReader(open(mixed / "meta.csv")))
+    p = np.array([det.score_file(mixed / r["file"]).score for r in meta])
+    y = np.array([r["label"] == "spoof" for r in meta], dtype=int)
+    llr = 2.0 * C.logit(p) - 1.0
+    assert out["cllr"] == pytest.approx(C.cllr(y, llr))
+    assert out["act_dcf"] == pytest.approx(M.act_dcf(y, llr))
+
+
+def test_detect_llr_and_prior(calibrated, model, clips):
+    from runtime import calibration as C
+    from runtime.detect_cli import app as detect_app
+
+    r = runner.invoke(detect_app, ["-m", calibrated, "--llr", "-f", "json", clips["noise"]])
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["llr"] == pytest.approx(2.0 * C.logit(d["score"]) - 1.0, abs=1e-3)
+    table = runner.invoke(detect_app, ["-m", calibrated, "--llr", clips["noise"]]).stdout
+    assert table.splitlines()[0].split()[:3] == ["score", "llr", "label"]
+    det = Detector(calibrated, device="cpu", prior=0.05, cost_false_spoof=1.0)
+    assert det.threshold == pytest.approx(C.threshold_for_prior(
+        {"scale": 2.0, "offset": -1.0}, 0.05))
+    # A rarer spoof needs stronger evidence: a higher P(spoof) threshold.
+    assert det.threshold > Detector(calibrated, device="cpu", prior=0.5).threshold
+    r = runner.invoke(detect_app, ["-m", calibrated, "--prior", "0.01", "-f", "json",
+                                   clips["noise"]])
+    assert json.loads(r.stdout)["label"] == "bona-fide"  # 0.87 is not enough at 1% spoofs
+    r = runner.invoke(detect_app, ["-m", model, "--llr", clips["noise"]])
+    assert r.exit_code == 2 and "has no calibration" in r.stderr
+    r = runner.invoke(detect_app, ["-m", model, "--prior", "0.1", clips["noise"]])
+    assert r.exit_code == 2 and "has no calibration" in r.stderr
+    r = runner.invoke(detect_app, ["-m", calibrated, "--prior", "0.1", "--threshold", "0.5",
+                                   clips["noise"]])
+    assert r.exit_code == 2 and "not both" in r.stderr
+
+
+def test_calibration_with_a_negative_scale_is_refused():
+    from runtime.metadata import MetadataError
+
+    with pytest.raises(MetadataError, match="scale must be positive"):
+        probe_metadata(calibration={"scale": -1.0, "offset": 0.0})
+
+
+def test_dfa_info(calibrated, model):
+    from runtime.info_cli import app as info_app
+
+    r = runner.invoke(info_app, [str(calibrated)])
+    assert r.exit_code == 0, r.stderr
+    assert "llr = 2.000 * logit(P(spoof)) -1.000" in r.stdout
+    assert "spoof when P(spoof) >= 0.7000 (default)" in r.stdout
+    assert "16000 Hz, 128 mel bins" in r.stdout and "weights         float32" in r.stdout
+    d = json.loads(runner.invoke(info_app, [str(model), "-f", "json"]).stdout)
+    assert d["metadata"]["calibration"] == {} and len(d["sha256"]) == 64
+    assert d["inputs"][0]["name"] == "mel"
+    assert "none: --llr and --prior are unavailable" in runner.invoke(
+        info_app, [str(model)]).stdout
+    r = runner.invoke(info_app, [str(calibrated.replace("cal.onnx", "missing.onnx"))])
+    assert r.exit_code == 2 and r.stderr.strip().endswith("no such model file; check the path")

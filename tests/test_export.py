@@ -55,6 +55,20 @@ def test_metadata_is_read_back_by_the_runtime(exported, run):
     assert embedded == ModelMetadata.from_json((run / "model.json").read_text())
 
 
+def test_dfa_info_describes_an_exported_model(exported, run):
+    from runtime.info_cli import app as info_app
+
+    out, _ = exported
+    r = CliRunner().invoke(info_app, [str(out)])
+    assert r.exit_code == 0, r.stderr
+    md = ModelMetadata.from_json((run / "model.json").read_text())
+    assert f"spoof when P(spoof) >= {md.threshold:.4f} (val-eer)" in r.stdout
+    assert f"llr = {md.calibration['scale']:.3f} * logit(P(spoof))" in r.stdout
+    assert "train " in r.stdout and "speakers)" in r.stdout  # the data line
+    assert "recipe          3 epochs" in r.stdout and "EER " in r.stdout
+    assert "weights         float32" in r.stdout
+
+
 def test_dynamic_batch_and_probability_output(exported):
     out, _ = exported
     det = Detector(out, device="cpu")

@@ -38,8 +38,21 @@ def test_newer_schema_is_refused(tmp_path):
     d = probe_metadata().to_dict()
     d["schema_version"] = SCHEMA_VERSION + 1
     path = write_probe_model(tmp_path / "future.onnx", raw_metadata=json.dumps(d))
-    with pytest.raises(ModelError, match=r"future\.onnx: metadata schema 2 is newer.*upgrade"):
+    with pytest.raises(ModelError, match=rf"future\.onnx: metadata schema {SCHEMA_VERSION + 1} "
+                                         r"is newer.*upgrade"):
         Detector(path, device="cpu")
+
+
+def test_schema_1_models_without_calibration_still_work(tmp_path, clips):
+    """Models exported before the calibration field existed load and score as before."""
+    d = probe_metadata().to_dict()
+    d["schema_version"] = 1
+    del d["calibration"]
+    path = write_probe_model(tmp_path / "old.onnx", raw_metadata=json.dumps(d))
+    det = Detector(path, device="cpu")
+    r = det.score_file(clips["noise"])
+    assert r.ok and r.llr is None and det.calibration is None
+    assert det.metadata.schema_version == 1
 
 
 @pytest.mark.parametrize("text,match", [

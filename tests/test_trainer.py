@@ -88,6 +88,30 @@ def test_metrics_and_calibration(trained):
     assert "test split:" in r.stdout and "EER  " in r.stdout and "confusion" in r.stdout
 
 
+def test_model_carries_its_calibration_data_and_recipe(trained):
+    """The LLR calibration is fitted on the validation scores; the test metrics carry
+    intervals and the field's metrics; the data and recipe are recorded for dfa-info."""
+    from runtime import calibration as C
+
+    out, r = trained
+    md = ModelMetadata.from_json((out / "model.json").read_text())
+    val = list(csv.DictReader(open(out / "val_scores.csv")))
+    y = [1 if v["label"] == "spoof" else 0 for v in val]
+    fitted = C.fit_calibration(y, [float(v["score"]) for v in val])
+    assert md.calibration["scale"] == pytest.approx(fitted["scale"], rel=1e-4)
+    assert md.calibration["offset"] == pytest.approx(fitted["offset"], rel=1e-4, abs=1e-4)
+    assert md.calibration["files"] == len(val) and md.schema_version == 2
+    test = md.metrics["test"]
+    lo, hi = test["eer_ci95"]
+    assert lo <= test["eer"] <= hi
+    for key in ("min_dcf", "act_dcf", "cllr", "min_cllr"):
+        assert np.isfinite(test[key]), key
+    data = md.metrics["data"]
+    assert sum(d["files"] for d in data.values()) == 120
+    assert md.metrics["recipe"]["optimizer"] == "Adam"
+    assert "calibration     llr = " in r.stdout and "minDCF" in r.stdout
+
+
 def test_test_scores_reproduce_reported_eer(trained):
     out, _ = trained
     from runtime import metrics as M

@@ -4,7 +4,7 @@
      bona fide; Griffin-Lim and parametric-vocoder copies of it as spoof; 8 speakers)
   2. dfa-train of the edge preset with a speaker-disjoint split
   3. dfa-export to fp32 ONNX and to int8 (calibrated on the training split only)
-  4. dfa-detect on held-out files, dfa-eval of both models on the test split
+  4. dfa-detect on held-out files, dfa-eval of both models on the test split, dfa-info
   5. a table of the results and where everything was written
 
 The demo model knows only these synthetic vocoders: it is not a detector for real-world
@@ -98,7 +98,7 @@ def main(argv=None) -> None:
     run([tool("dfa-export"), run_dir / "model.pth", int8, "--quantize", "int8",
          "--calibration", calib, "--agreement-files", "400"])
 
-    step("4/5 dfa-detect on held-out files, dfa-eval on the test split")
+    step("4/5 dfa-detect on held-out files, dfa-eval on the test split, dfa-info")
     test = [r for r in splits if r["split"] == "test"]
     picks = ([r for r in test if r["label"] == "bona-fide"][:2]
              + [r for r in test if r["label"] == "spoof"][:2])
@@ -114,6 +114,7 @@ def main(argv=None) -> None:
         evals[name] = json.loads(text)
         evals[name]["scores"] = {line.split()[0]: float(line.split()[1])
                                  for line in scores.read_text().splitlines()}
+    print(run([tool("dfa-info"), int8], capture=True))  # the model card of what was made
 
     step("5/5 results")
     meta = json.loads((run_dir / "model.json").read_text())

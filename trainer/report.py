@@ -9,6 +9,7 @@ import numpy as np
 
 from runtime import __version__
 from runtime import metrics as M
+from runtime.calibration import fit_calibration, to_llr
 from runtime.fileio import atomic_write_text
 from runtime.metadata import LABELS, ModelMetadata
 from trainer.data import group_columns
@@ -31,9 +32,17 @@ def report(run: RunState, scores: dict[str, np.ndarray]) -> None:
         _, threshold = M.eer(val["label"], scores["val"])
         source = "val-eer"
     threshold = float(min(1.0, max(0.0, threshold)))
-    val_summary = M.summary(val["label"], scores["val"], threshold)
-    test_summary = M.summary(test["label"], scores["test"], threshold)
-    groups = {g: M.group_eers(test["label"], scores["test"], test[g])
+    calibration = fit_calibration(val["label"], scores["val"])
+    if calibration["scale"] <= 0:  # scores that do not rank spoofs higher: no LLRs
+        run.log.info("calibration: the validation scores do not rank spoofs above bona fide; "
+                     "the model gets no calibration (no --llr, --prior, actDCF or Cllr)")
+        calibration = {}
+    llr = {k: to_llr(v, calibration) if calibration else None for k, v in scores.items()}
+    val_summary = M.summary(val["label"], scores["val"], threshold, llrs=llr["val"],
+                            speakers=val["speaker"])
+    test_summary = M.summary(test["label"], scores["test"], threshold, llrs=llr["test"],
+                             speakers=test["speaker"])
+    groups = {g: M.group_eers(test["label"], scores["test"], test[g], llr["test"])
               for g in group_columns(test)}
     for name, part in (("val", val), ("test", test)):
         cols = ["file", "speaker", "label", *group_columns(part)]
@@ -50,8 +59,15 @@ def report(run: RunState, scores: dict[str, np.ndarray]) -> None:
     metadata = ModelMetadata(
         arch=run.arch_name, arch_kwargs=run.arch_kwargs, features=run.features,
         threshold=threshold,
-        threshold_source=source, aggregation=cfg.aggregation,
+        threshold_source=source, aggregation=cfg.aggregation, calibration=calibration,
         metrics={
+            "data": {name: {"files": int(len(part)), "bona_fide": int((part["label"] == 0).sum()),
+                            "spoof": int((part["label"] == 1).sum()),
+                            "speakers": int(part["speaker"].nunique())}
+                     for name, part in run.splits.items()},
+            "recipe": {"lr": cfg.lr, "batch_size": cfg.batch_size, "scheduler": cfg.scheduler,
+                       "seed": cfg.seed, "bn_batches": cfg.bn_batches, "optimizer": "Adam",
+                       "loss": "binary cross-entropy", "augmentation": "none"},
             "test": test_summary, "val": val_summary, "test_groups": groups,
             "split": cfg.split if not cfg.splits_file else f"file:{cfg.splits_file}",
             "preset": cfg.arch, "best_epoch": best["epoch"], "epochs": cfg.epochs,
@@ -62,16 +78,20 @@ def report(run: RunState, scores: dict[str, np.ndarray]) -> None:
     )
     atomic_write_text(out / "model.json", metadata.to_json())
     set_status(out, cfg, "done")
-    run.log.result(format_summary(out, cfg, best, threshold, source, test_summary, groups))
+    run.log.result(format_summary(out, cfg, best, threshold, source, test_summary, groups,
+                                  calibration))
 
 
-def format_summary(out, cfg, best, threshold, source, test, groups) -> str:
+def format_summary(out, cfg, best, threshold, source, test, groups, calibration) -> str:
+    cal = (f"llr = {calibration['scale']:.3f} * logit(P(spoof)) {calibration['offset']:+.3f} "
+           f"(fitted on val, {calibration['files']} files)" if calibration else "none")
     lines = [
         f"dfa-train summary: {out}",
         f"  arch            {cfg.arch}   split "
         f"{cfg.split if not cfg.splits_file else 'from ' + cfg.splits_file}   "
         f"best epoch {best['epoch']}/{cfg.epochs}",
         f"  threshold       {threshold:.4f} ({source})",
+        f"  calibration     {cal}",
         "  test split:",
         *M.format_report(test, groups, indent="    "),
         f"  outputs         model.pth, model.json, test_scores.csv, roc_det.png, "
