@@ -17,6 +17,7 @@ from runtime.clikit import (
     fail,
     handle_errors,
     needs_train_extra,
+    new_app,
 )
 from runtime.errors import EXIT_FAILED
 from runtime.fileio import atomic_path, check_output
@@ -53,7 +54,7 @@ def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = new_app()
 
 
 @app.command(

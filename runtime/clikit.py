@@ -32,6 +32,12 @@ DEBUG_OPTION = typer.Option(False, "--debug", envvar="DFA_DEBUG",
                             help="Show Python tracebacks (also DFA_DEBUG=1).")
 
 
+def new_app() -> typer.Typer:
+    """The typer app of a dfa command: no shell-completion options, and no rich
+    tracebacks (handle_errors decides what a user sees)."""
+    return typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> DfaError:
     """The error to raise for a usage problem found by a CLI itself."""
     return DfaError(message, exit_code=code)

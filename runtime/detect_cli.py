@@ -15,6 +15,7 @@ from runtime.clikit import (
     app_main,
     fail,
     handle_errors,
+    new_app,
 )
 from runtime.errors import EXIT_FAILED
 from runtime.inputs import FLUSH, expand_inputs, stdin_lines
@@ -58,7 +59,7 @@ def serve_stdin(detector, writer, debug: bool, stream=None) -> int:
     return failed
 
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = new_app()
 
 
 @app.command(

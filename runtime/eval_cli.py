@@ -16,13 +16,14 @@ from runtime.clikit import (
     app_main,
     fail,
     handle_errors,
+    new_app,
 )
 from runtime.errors import EXIT_FAILED
 from runtime.fileio import check_output
 from runtime.limits import MAX_BATCH
 from runtime.writers import Progress
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = new_app()
 
 
 class EvalFormat(str, Enum):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from runtime.clikit import DEBUG_OPTION, VERSION_OPTION, app_main, handle_errors
+from runtime.clikit import DEBUG_OPTION, VERSION_OPTION, app_main, handle_errors, new_app
 
 
 class InfoFormat(str, Enum):
@@ -19,7 +19,7 @@ class InfoFormat(str, Enum):
     json = "json"
 
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = new_app()
 
 
 def describe(path: Path) -> dict:

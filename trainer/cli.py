@@ -16,6 +16,7 @@ from runtime.clikit import (
     fail,
     handle_errors,
     needs_train_extra,
+    new_app,
 )
 
 EXIT_CODES_HELP = (
@@ -36,7 +37,7 @@ class Scheduler(str, Enum):
 
 
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = new_app()
 
 
 @app.command(
