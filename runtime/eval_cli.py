@@ -81,7 +81,7 @@ def evaluate_cmd(
     if compare is not None:
         from runtime.evaluate import read_scores
 
-        read_scores(compare)  # a wrong file fails now, not after the scoring
+        other_scores = read_scores(compare)  # a wrong file fails now, not after scoring
     if plot is not None:
         check_output(plot, "--plot", (*inputs, scores))
     if plot is not None:
@@ -106,7 +106,7 @@ def evaluate_cmd(
     if compare is not None:
         from runtime.evaluate import compare as compare_scores
 
-        comparison = compare_scores(result, compare)
+        comparison = compare_scores(result, compare, other_scores)
     plot_error = None
     if plot is not None:  # drawn before the report names it; a failure never hides the report
         from runtime.plots import plot_roc_det

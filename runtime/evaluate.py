@@ -144,12 +144,13 @@ class Comparison:
         ]
 
 
-def compare(evaluation: Evaluation, other_path: Path) -> Comparison:
-    """This evaluation's scores against another model's `--scores` file on the same rows:
-    the EER and ROC AUC differences with paired bootstrap intervals."""
+def compare(evaluation: Evaluation, other_path: Path,
+            other: dict[str, float]) -> Comparison:
+    """This evaluation's scores against another model's scores (`other`, read_scores of
+    `other_path`) on the same rows: the EER and ROC AUC differences with paired bootstrap
+    intervals."""
     from runtime import bootstrap
 
-    other = read_scores(other_path)
     mine = [r.file for r in evaluation.rows]
     missing = [f for f in mine if f not in other]
     if missing:
@@ -165,10 +166,10 @@ def compare(evaluation: Evaluation, other_path: Path) -> Comparison:
     method = bootstrap.choose_method(y, speakers)
     return Comparison(
         other=str(other_path), files=len(mine),
-        eer=M.eer(y, b)[0], other_eer=M.eer(y, a)[0],
+        eer=evaluation.summary["eer"], other_eer=M.eer(y, a)[0],
         eer_change_ci95=bootstrap.paired_interval(y, a, b, lambda u, v: M.eer(u, v)[0],
                                                   speakers, method),
-        roc_auc=M.roc_auc(y, b), other_roc_auc=M.roc_auc(y, a),
+        roc_auc=evaluation.summary["roc_auc"], other_roc_auc=M.roc_auc(y, a),
         roc_auc_change_ci95=bootstrap.paired_interval(y, a, b, M.roc_auc, speakers, method),
         interval=method.describe())
 

@@ -113,7 +113,7 @@ def train(
     from trainer.rundir import check_new_run_folder
 
     if resume is not None:
-        cfg = resume_config(ctx, resume, data_dir, TrainConfig, epochs, workers)
+        cfg = resume_config(ctx, resume, data_dir, epochs, workers)
         if cfg is None:
             return
         check_checkpoint(resume / "checkpoint.pt")
@@ -167,13 +167,14 @@ def given(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
-def resume_config(ctx: typer.Context, resume: Path, data_dir: Path | None, config_class,
-                  epochs: int, workers: int | None):
+def resume_config(ctx: typer.Context, resume: Path, data_dir: Path | None, epochs: int,
+                  workers: int | None):
     """The TrainConfig to continue `resume` with, or None when there is nothing to do.
 
     --resume continues a run with the settings it started with. It honours --epochs (to
     extend a run) and --workers (processes, not results); any other option given with it
     is refused by name rather than dropped."""
+    from trainer.config import TrainConfig
     from trainer.rundir import RESUME_HINT, read_run_json, trained_anything
 
     ignored = [f"--{p.name.replace('_', '-')}" for p in ctx.command.params
@@ -191,7 +192,7 @@ def resume_config(ctx: typer.Context, resume: Path, data_dir: Path | None, confi
         raise fail(f"{run_json}: not found; --resume takes a run folder written by dfa-train")
     state = read_run_json(run_json)
     try:
-        cfg = config_class.from_dict(state["config"])
+        cfg = TrainConfig.from_dict(state["config"])
         cfg.feature_config  # noqa: B018 - validates the features
     except ValueError as e:
         raise fail(f"{run_json}: {e}; {RESUME_HINT}") from None
