@@ -12,6 +12,10 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 PAD_MODES = ("repeat", "zeros")
+# "mel": librosa's Slaney mel filterbank (the original); "linear": the same number of
+# triangular bands spaced evenly in Hz (the filterbank of LFCC), which keeps the
+# resolution above 4 kHz where many vocoders leave their traces.
+FREQUENCY_SCALES = ("mel", "linear")
 NORMALIZE_MODES = ("instance", "minmax", "none")
 
 
@@ -37,6 +41,7 @@ class FeatureConfig:
     image_height: int = 224  # mel axis
     image_width: int = 224  # time axis
     normalize: str = "instance"  # per window: zero mean, unit variance
+    frequency_scale: str = "mel"  # n_mels bands on this scale (FREQUENCY_SCALES)
 
     def __post_init__(self):
         """Every field checked for type and range: a FeatureConfig also arrives from a
@@ -85,6 +90,9 @@ class FeatureConfig:
         number("image_width", 1, 1024, integer=True)
         if self.pad not in PAD_MODES:
             bad(f"pad must be one of {PAD_MODES}, got {self.pad!r}")
+        if self.frequency_scale not in FREQUENCY_SCALES:
+            bad(f"frequency_scale must be one of {FREQUENCY_SCALES}, got "
+                f"{self.frequency_scale!r}")
         if self.normalize not in NORMALIZE_MODES:
             bad(f"normalize must be one of {NORMALIZE_MODES}, got {self.normalize!r}")
         if not (self.db_ref == "max" or (isinstance(self.db_ref, (int, float))
@@ -139,5 +147,10 @@ class FeatureConfig:
         return cls.from_dict(json.loads(text))
 
     def digest(self) -> str:
-        """Stable hash of every field: the feature cache key changes with any of them."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        """Stable hash of every field: the feature cache key changes with any of them.
+        A field added later is left out while it has its default, so that the caches (and
+        digests recorded in runs) of earlier versions stay valid."""
+        data = self.to_dict()
+        if data["frequency_scale"] == "mel":
+            del data["frequency_scale"]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -184,6 +184,31 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float,
 
 
 @functools.lru_cache(maxsize=16)
+def linear_filterbank(sample_rate: int, n_fft: int, n_bands: int, fmin: float,
+                      fmax: float | None) -> np.ndarray:
+    """(n_bands, n_fft // 2 + 1) float32: triangles with edges evenly spaced in Hz, each
+    of unit area (as the Slaney norm of the mel bank), so the two scales differ only in
+    where their bands lie."""
+    fmax = sample_rate / 2 if fmax is None else fmax
+    fft_hz = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    edges = np.linspace(fmin, fmax, n_bands + 2)
+    fdiff = np.diff(edges)
+    ramps = np.subtract.outer(edges, fft_hz)
+    weights = np.zeros((n_bands, fft_hz.size), dtype=np.float32)
+    for i in range(n_bands):
+        lower = -ramps[i] / fdiff[i]
+        upper = ramps[i + 2] / fdiff[i + 1]
+        weights[i] = np.maximum(0, np.minimum(lower, upper))
+    weights *= (2.0 / (edges[2: n_bands + 2] - edges[:n_bands]))[:, None]
+    return weights
+
+
+def filterbank(cfg: FeatureConfig) -> np.ndarray:
+    make = mel_filterbank if cfg.frequency_scale == "mel" else linear_filterbank
+    return make(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
+
+
+@functools.lru_cache(maxsize=16)
 def _hann(n: int) -> np.ndarray:
     """Periodic Hann window in float64 (scipy.signal.get_window("hann", n), as librosa)."""
     return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)
@@ -203,8 +228,7 @@ def mel_power(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     # the peak would otherwise carry a float32 FFT's rounding into their dB values.
     spectrum = np.fft.rfft(frames * _hann(cfg.n_fft), axis=1).astype(np.complex64)
     power = np.abs(spectrum) ** 2
-    basis = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
-    return basis @ power.T
+    return filterbank(cfg) @ power.T
 
 
 def power_to_db(power: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
@@ -228,6 +252,14 @@ def mel_db_librosa(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     path; tests (and anyone in doubt) compare mel_db against it."""
     import librosa
 
+    if cfg.frequency_scale == "linear":  # librosa's STFT, then the same linear bank
+        stft = librosa.stft(np.ascontiguousarray(audio, dtype=np.float32), n_fft=cfg.n_fft,
+                            hop_length=cfg.hop_length, win_length=cfg.n_fft, window="hann",
+                            center=True, pad_mode="constant")
+        power = filterbank(cfg) @ (np.abs(stft) ** 2)
+        ref = np.max if cfg.db_ref == "max" else float(cfg.db_ref)
+        return librosa.power_to_db(power, ref=ref, amin=1e-10,
+                                   top_db=cfg.top_db).astype(np.float32)
     power = librosa.feature.melspectrogram(
         y=np.ascontiguousarray(audio, dtype=np.float32), sr=cfg.sample_rate, n_fft=cfg.n_fft,
         hop_length=cfg.hop_length, win_length=cfg.n_fft, window="hann", center=True,

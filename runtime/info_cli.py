@@ -112,9 +112,20 @@ def card(info: dict) -> list[str]:
         r = recipe or {}
         parts = [f"{metrics.get('epochs', '?')} epochs (best {metrics.get('best_epoch', '?')})"]
         if r:
-            parts.append(f"{r['optimizer']} lr {r['lr']:g}, batch {r['batch_size']}, scheduler "
-                         f"{r['scheduler']}, seed {r['seed']}, precise BN {r['bn_batches']}, "
-                         f"{r['loss']}, augmentation {r['augmentation']}")
+            aug = r.get("augmentation", "none")
+            if isinstance(aug, dict):  # the probabilities of what was applied
+                on = [k[:-2] for k, v in aug.items() if k.endswith("_p") and v]
+                aug = ", ".join(on) if on else "none"
+            copy = r.get("copy_synthesis", "none")
+            if isinstance(copy, dict):
+                names = ", ".join(copy.get("vocoders", []))
+                copy = f"{copy.get('copies')} per bona fide clip ({names})"
+            parts.append(f"{r.get('name', 'original')} recipe: {r['optimizer']} lr "
+                         f"{r['lr']:g}, batch {r['batch_size']}, scheduler {r['scheduler']}, "
+                         f"seed {r['seed']}, precise BN {r['bn_batches']}, {r['loss']}, "
+                         f"augmentation {aug}, copy synthesis {copy}")
+            if r.get("holdout_attack"):
+                parts.append(f"attack held out: {r['holdout_attack']}")
         lines.append("  recipe          " + "; ".join(parts))
     test = metrics.get("test")
     int8 = metrics.get("int8")

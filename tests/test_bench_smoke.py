@@ -165,3 +165,17 @@ def test_bench_edge():
     for r in latency:
         assert positive(r["median ms"]) <= positive(r["p90 ms"])
         assert r["files"] == "1"
+
+
+def test_bench_loader():
+    out = bench("bench_loader.py", "--files", "6", "--workers", "0,1", "--repeat", "1")
+    assert out.startswith("# bench_loader: 6 synthetic clips")
+    rows = table_with(out, "windows/s, 0 workers")
+    assert [r["training items"] for r in rows] == [
+        "original: frozen windows", "default, no augmentation", "default recipe (augmented)"]
+    for r in rows:
+        positive(r["windows/s, 0 workers"])
+        positive(r["windows/s, 1 workers"])
+    costs = {r["transform, one 4 s window, one core"]: positive(r["median ms"])
+             for r in table_with(out, "median ms")}
+    assert len(costs) == 14 and "codec opus" in costs and "vocoder lpc (once per copy)" in costs

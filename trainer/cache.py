@@ -1,6 +1,14 @@
-"""The feature cache: each audio file's windows computed once (runtime.features), stored as
-one .npy per file under a folder per FeatureConfig, keyed by the file's content hash, and
-shared by runs. Built in parallel worker processes."""
+"""The caches, keyed by each file's content hash, shared by runs, built in parallel worker
+processes:
+
+* the audio cache: each file decoded once to mono int16 at the model's sample rate (one
+  .npy per file under audio-<rate>/), written block by block for any length; training
+  reads random crops of it and computes every window on the fly through runtime.features,
+  after waveform augmentation (trainer/augment.py);
+* the feature cache: each file's windows computed once (runtime.features), one .npy per
+  file under a folder per FeatureConfig; validation and test scoring (no augmentation)
+  and the original recipe's training read it.
+"""
 
 from __future__ import annotations
 
@@ -87,6 +95,147 @@ def _cache_one(args: tuple[str, str, str]) -> tuple[str, str | None, int, str | 
     return path, str(target), windows, None
 
 
+AUDIO_SCALE = 32768.0  # int16 <-> float as libsndfile's PCM_16: a 16-bit file is exact
+
+
+def audio_dir_for(root: str | os.PathLike, sample_rate: int) -> Path:
+    d = Path(root) / f"audio-{sample_rate}"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _cache_audio_one(args: tuple[str, str, str]) -> tuple[str, str | None, int, str | None]:
+    """Worker: (path, cache file or None, samples, error); the file's audio must pass the
+    runtime's end-of-file checks for `cfg_json` (too short, silent)."""
+    path, cfg_json, cache_root = args
+    from runtime.audio import AudioError
+    from runtime.config import FeatureConfig
+
+    cfg = FeatureConfig.from_json(cfg_json)
+    try:
+        key = content_key(path)
+    except OSError as e:
+        return path, None, 0, f"cannot read ({e.strerror})"
+    target = Path(cache_root) / key[:2] / f"{key}.npy"
+    try:
+        if target.exists():
+            try:
+                audio = np.load(target, mmap_mode="r")
+            except (OSError, ValueError):
+                audio = None  # a damaged cache entry: decode it again
+            if audio is not None:
+                check_audio(audio, cfg)
+                return path, str(target), int(audio.shape[0]), None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        samples = write_audio(path, cfg, target)
+    except AudioError as e:
+        return path, None, 0, str(e)
+    except OSError as e:
+        raise DataError(f"{cache_root}: cannot write the audio cache ({e.strerror or e}); "
+                        "free space there or pass another --cache-dir") from e
+    except Exception as e:  # noqa: BLE001 - report, do not kill the whole build
+        return path, None, 0, f"decoding failed ({type(e).__name__}: {e})"
+    return path, str(target), samples, None
+
+
+def check_audio(audio: np.ndarray, cfg: FeatureConfig) -> None:
+    """The runtime's end-of-file checks (runtime.features._Level) on cached int16 audio,
+    so that training refuses exactly the files dfa-detect refuses."""
+    from runtime.features import _Level
+
+    level = _Level()
+    level.total = int(audio.shape[0])
+    level.peak = float(np.abs(audio).max(initial=0)) / AUDIO_SCALE
+    level.check(cfg)
+
+
+def to_int16(block: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(block * AUDIO_SCALE), -32768, 32767).astype("<i2")
+
+
+def write_audio(path: str | os.PathLike, cfg: FeatureConfig, target: Path) -> int:
+    """Decode a file block by block (runtime.audio, as dfa-detect) to int16 mono at
+    cfg.sample_rate and store it as target (.npy). Returns the sample count. Nothing is
+    left at target when the file is unusable."""
+    from runtime.audio import decode_blocks
+    from runtime.features import _Level
+
+    level = _Level()
+    raw = target.with_name(f".{target.stem}.{os.getpid()}.raw")
+    try:
+        with open(raw, "wb") as f:
+            for block in decode_blocks(path, cfg.sample_rate):
+                level.see(block)
+                f.write(to_int16(block).tobytes())
+        level.check(cfg)
+        _npy_from_raw(raw, target, "<i2", (level.total,))
+        return level.total
+    finally:
+        raw.unlink(missing_ok=True)
+
+
+def _npy_from_raw(raw: Path, target: Path, dtype: str, shape: tuple) -> None:
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+              "fortran_order": False, "shape": shape}
+    with atomic_path(target) as tmp, open(tmp, "wb") as f, open(raw, "rb") as src:
+        np.lib.format.write_array_header_1_0(f, header)
+        shutil.copyfileobj(src, f, 1 << 20)
+
+
+def load_audio(cache_file: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """float32 samples [start:stop) of a cached file (memory-mapped: a crop of an hour-long
+    file reads only the crop)."""
+    arr = np.load(cache_file, mmap_mode="r")
+    return np.asarray(arr[start:stop], dtype=np.float32) / AUDIO_SCALE
+
+
+def _copy_one(args: tuple[str, str, int, int, int, str]) -> tuple[str, int]:
+    """Worker: vocode one cached bona fide clip (trainer/vocoders.py) into the copy cache;
+    (cache file, samples). The name carries source, vocoder and seed, so a copy is made
+    once and shared by runs with the same seed."""
+    source, vocoder, seed, index, sample_rate, root = args
+    from trainer.vocoders import vocode
+
+    stem = Path(source).stem
+    target = Path(root) / stem[:2] / f"{stem}-{vocoder}-{seed}-{index}.npy"
+    if target.exists():
+        try:
+            return str(target), int(np.load(target, mmap_mode="r").shape[0])
+        except (OSError, ValueError):
+            pass
+    audio = load_audio(source)
+    rng = np.random.default_rng([seed, index, int(stem[:12], 16)])
+    y = vocode(audio, sample_rate, vocoder, rng)
+    # Pulse excitation can put peaks at several times the input's; int16 would clip them,
+    # and clipping only the spoofs would be a cue. The level is no cue either way (features
+    # are relative to each window's peak), so scale the copy to the source's peak.
+    peak = float(np.abs(y).max(initial=0))
+    if peak > 0:
+        y = y * (max(float(np.abs(audio).max(initial=0)), 1e-4) / peak)
+    out = to_int16(y)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        np.save(tmp, out, allow_pickle=False)
+    return str(target), int(out.shape[0])
+
+
+def build_copies(jobs: list[tuple[str, str, int, int]], sample_rate: int,
+                 cache_root: str | os.PathLike, workers: int, log=sys.stderr
+                 ) -> list[tuple[str, int]]:
+    """Copy-synthesis spoofs for (source cache file, vocoder, seed, index) jobs, in order."""
+    root = Path(cache_root) / f"copies-{sample_rate}"
+    root.mkdir(parents=True, exist_ok=True)
+    args = [(src, voc, seed, i, sample_rate, str(root)) for src, voc, seed, i in jobs]
+    start = time.perf_counter()
+    if workers <= 1 or len(args) < 8:
+        out = [_copy_one(a) for a in args]
+    else:
+        with process_pool(workers) as pool:
+            out = pool.map(_copy_one, args, chunksize=4)
+    log.write(f"copy synthesis: {len(out)} spoofs in {time.perf_counter() - start:.0f} s\n")
+    return out
+
+
 def write_features(path: str | os.PathLike, cfg: FeatureConfig, target: Path) -> int:
     """Compute a file's windows one at a time and store them as target (.npy, shape
     (windows, 1, H, W) float32, as file_features would return). Returns the window count.
@@ -108,11 +257,7 @@ def write_features(path: str | os.PathLike, cfg: FeatureConfig, target: Path) ->
                 count, shape = count + 1, feat.shape
         if not count:
             raise ValueError("no windows")
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")),
-                  "fortran_order": False, "shape": (count, *shape)}
-        with atomic_path(target) as tmp, open(tmp, "wb") as f, open(raw, "rb") as src:
-            np.lib.format.write_array_header_1_0(f, header)
-            shutil.copyfileobj(src, f, 1 << 20)
+        _npy_from_raw(raw, target, "<f4", (count, *shape))
         return count
     finally:
         raw.unlink(missing_ok=True)
@@ -129,13 +274,18 @@ def process_pool(workers: int):
 
 
 def build_cache(paths: list[str], cfg: FeatureConfig, cache_root: str | os.PathLike,
-                workers: int, log=sys.stderr) -> dict[str, tuple[str | None, int, str | None]]:
-    """Compute (or find) the features of every file in parallel worker processes.
+                workers: int, log=sys.stderr, audio: bool = False
+                ) -> dict[str, tuple[str | None, int, str | None]]:
+    """Compute (or find) the features of every file in parallel worker processes, or with
+    audio=True its decoded audio.
 
-    Returns path -> (cache file, windows, error). Files already cached (same content, same
-    FeatureConfig) are only hashed.
+    Returns path -> (cache file, windows or samples, error). Files already cached (same
+    content, same FeatureConfig or sample rate) are only hashed (and checked).
     """
-    root = cache_dir_for(cache_root, cfg)
+    if audio:
+        root, work, what = audio_dir_for(cache_root, cfg.sample_rate), _cache_audio_one, "audio"
+    else:
+        root, work, what = cache_dir_for(cache_root, cfg), _cache_one, "features"
     jobs = [(p, cfg.to_json(), str(root)) for p in paths]
     out: dict[str, tuple[str | None, int, str | None]] = {}
     start = time.perf_counter()
@@ -144,7 +294,7 @@ def build_cache(paths: list[str], cfg: FeatureConfig, cache_root: str | os.PathL
 
     def report(done: int) -> None:
         rate = done / max(1e-9, time.perf_counter() - start)
-        msg = f"features: {done}/{len(jobs)} files ({rate:.1f} files/s)"
+        msg = f"{what}: {done}/{len(jobs)} files ({rate:.1f} files/s)"
         if tty:
             log.write(f"\r\033[K{msg}")
         elif done % step == 0 or done == len(jobs):
@@ -152,14 +302,14 @@ def build_cache(paths: list[str], cfg: FeatureConfig, cache_root: str | os.PathL
         log.flush()
 
     if workers <= 1 or len(jobs) < 8:
-        results = map(_cache_one, jobs)
+        results = map(work, jobs)
         for i, (p, f, n, err) in enumerate(results, 1):
             out[p] = (f, n, err)
             report(i)
     else:
         with process_pool(workers) as pool:
             for i, (p, f, n, err) in enumerate(
-                    pool.imap_unordered(_cache_one, jobs, chunksize=4), 1):
+                    pool.imap_unordered(work, jobs, chunksize=4), 1):
                 out[p] = (f, n, err)
                 report(i)
     if tty and jobs:

@@ -34,6 +34,17 @@ class Split(str, Enum):
 class Scheduler(str, Enum):
     none = "none"
     cosine = "cosine"
+    warmup_cosine = "warmup-cosine"
+
+
+class Recipe(str, Enum):
+    default = "default"
+    original = "original"
+
+
+class Optimizer(str, Enum):
+    adam = "adam"
+    adamw = "adamw"
 
 
 
@@ -60,13 +71,41 @@ def train(
                                 "original); speaker: no speaker in two splits."),
     splits: Path | None = typer.Option(None, "--splits", help="Reuse a splits.csv "
                                        "(file,split) instead of making one."),
+    holdout_attack: str | None = typer.Option(
+        None, "--holdout-attack", metavar="NAME", help="Leave one attack out (meta.csv "
+        "needs an attack column): on a speaker split, no clip of NAME in train or val; test "
+        "is the test speakers' bona fide clips and their NAME clips."),
     seed: int = typer.Option(0, help="Seed for splits, initialisation and sampling."),
+    recipe: Recipe = typer.Option(Recipe.default, help="default: on-the-fly windows of "
+                                  "cached audio, waveform augmentation, copy-synthesis "
+                                  "spoofs, AdamW 1e-3 warmup-cosine, class-balanced BCE; "
+                                  "original: the seed project exactly (frozen windows, Adam "
+                                  "1e-4, BCE). The options below override it."),
     epochs: int = typer.Option(10, min=1, help="Training epochs (with --resume: train up "
                                "to this many)."),
     batch_size: int = typer.Option(32, min=2),
-    lr: float = typer.Option(1e-4, min=0.0, help="Adam learning rate."),
-    scheduler: Scheduler = typer.Option(Scheduler.none, help="Learning-rate schedule "
-                                        "(none keeps Adam's lr constant, as the original)."),
+    lr: float = typer.Option(1e-3, min=0.0, help="Peak learning rate (recipe default: "
+                             "1e-3; original: 1e-4)."),
+    scheduler: Scheduler = typer.Option(Scheduler.warmup_cosine, help="Learning-rate "
+                                        "schedule: warmup-cosine per step (default), cosine "
+                                        "per epoch, none (constant, the original)."),
+    optimizer: Optimizer = typer.Option(Optimizer.adamw, help="adamw (default) or adam "
+                                        "(original)."),
+    weight_decay: float = typer.Option(1e-2, min=0.0, help="Weight decay (original: 0)."),
+    warmup_epochs: float = typer.Option(1.0, min=0.0, help="Linear warmup of warmup-cosine, "
+                                        "in epochs."),
+    class_balance: bool = typer.Option(True, "--class-balance/--no-class-balance",
+                                       help="Weight BCE so both classes count equally "
+                                       "(original: off)."),
+    augment: str | None = typer.Option(None, metavar="JSON|none", help="Augmentation "
+                                       "settings: a JSON file of AugmentConfig fields "
+                                       "(those given replace the recipe's; README lists "
+                                       "them), or none."),
+    copies: int | None = typer.Option(None, min=0, max=16, help="Copy-synthesis spoofs per "
+                                      "bona fide training clip and epoch (default 1; "
+                                      "original 0)."),
+    vocoders: str | None = typer.Option(None, metavar="A,B", help="Copy-synthesis vocoders "
+                                        "(default lpc,phase,channel,sinusoidal)."),
     workers: int | None = typer.Option(None, min=1, help="Feature-cache worker processes "
                                        "(default: CPU count, at most 8); data loaders use up "
                                        "to 4."),
@@ -128,6 +167,11 @@ def train(
         if check_new_run_folder(out):
             typer.echo(f"dfa-train: {out}: the run there failed before training; "
                        "starting it again", err=True)
+        if holdout_attack is not None:
+            if given(ctx, "split") and split is not Split.speaker:
+                raise fail("--holdout-attack keeps speakers disjoint: use it with "
+                           "--split speaker (its default) or --splits")
+            split = Split.speaker
         if feature_config is not None and whole_clip:
             raise fail("--feature-config and --whole-clip exclude each other")
         try:
@@ -137,14 +181,21 @@ def train(
                 fcfg = FeatureConfig.original() if whole_clip else FeatureConfig()
         except (OSError, ValueError) as e:
             raise fail(f"{feature_config}: {e}") from None
+        settings = recipe_options(ctx, recipe.value, augment, copies, vocoders,
+                                  {"epochs": epochs, "lr": lr, "scheduler": scheduler.value,
+                                   "optimizer": optimizer.value,
+                                   "weight_decay": weight_decay,
+                                   "warmup_epochs": warmup_epochs,
+                                   "class_balance": class_balance})
         cfg = TrainConfig(
             data_dir=str(data_dir), out=str(out), arch=arch, features=fcfg.to_dict(),
             split=split.value, splits_file=str(splits) if splits else None, seed=seed,
-            epochs=epochs, batch_size=batch_size, lr=lr, scheduler=scheduler.value,
+            holdout_attack=holdout_attack, batch_size=batch_size,
             workers=workers or default_workers(), device=device.value, amp=amp,
             target_fpr=target_fpr, skip_bad=skip_bad,
             cache_dir=str(cache_dir) if cache_dir else default_cache_dir(),
             allow_outside=allow_outside_paths, threads=threads, bn_batches=bn_batches,
+            **settings,
         )
         check_arch(cfg.arch, resolve_arch)
         writable_folder(Path(cfg.cache_dir), "--cache-dir")
@@ -153,6 +204,50 @@ def train(
     code = run(cfg, resume=resume is not None)
     if code:
         raise typer.Exit(code)
+
+
+def recipe_options(ctx: typer.Context, recipe: str, augment: str | None, copies: int | None,
+                   vocoders: str | None, options: dict) -> dict:
+    """The recipe's settings, with every option the user gave on the command line in
+    place of the recipe's value (so `--recipe original --lr 3e-4` is the original at
+    another rate)."""
+    import json
+
+    from trainer.augment import AugmentConfig, CopySynthesisConfig
+    from trainer.recipe import recipe_settings
+
+    settings = recipe_settings(recipe)
+    for name, value in options.items():
+        if given(ctx, name):
+            settings[name] = value
+    if augment is not None:
+        if augment == "none":
+            settings["augment"] = None
+        else:
+            try:
+                given_fields = json.loads(Path(augment).read_text())
+                if not isinstance(given_fields, dict):
+                    raise ValueError("expected a JSON object of AugmentConfig fields")
+                base = settings["augment"] or AugmentConfig().to_dict()
+                settings["augment"] = AugmentConfig.from_dict({**base, **given_fields}).to_dict()
+            except (OSError, ValueError, TypeError) as e:
+                raise fail(f"--augment {augment}: {e}") from None
+    copy = dict(settings["copy_synthesis"] or CopySynthesisConfig().to_dict())
+    if copies is not None:
+        copy["copies"] = copies
+    if vocoders is not None:
+        copy["vocoders"] = [v.strip() for v in vocoders.split(",") if v.strip()]
+    try:
+        copy_cfg = CopySynthesisConfig.from_dict(copy)
+    except (ValueError, TypeError) as e:
+        raise fail(f"--copies/--vocoders: {e}") from None
+    settings["copy_synthesis"] = copy_cfg.to_dict() if copy_cfg.copies else None
+    if settings["recipe"] == "original" and (settings["augment"] or
+                                             settings["copy_synthesis"]):
+        raise fail("--recipe original trains on frozen feature windows: augmentation and "
+                   "copy synthesis need the default recipe (pass --augment none --copies 0 "
+                   "there for an un-augmented run from audio)")
+    return settings
 
 
 # What --resume takes from the command line; every other setting is the run's own (run.json).
@@ -197,7 +292,7 @@ def resume_config(ctx: typer.Context, resume: Path, data_dir: Path | None, epoch
     except ValueError as e:
         raise fail(f"{run_json}: {e}; {RESUME_HINT}") from None
     extend = given(ctx, "epochs") and epochs != cfg.epochs
-    if extend and cfg.scheduler == "cosine":
+    if extend and cfg.scheduler in ("cosine", "warmup-cosine"):
         raise fail(f"--epochs {epochs}: {resume} uses a cosine schedule that ends at epoch "
                    f"{cfg.epochs}; it cannot be extended (the learning rate would rise "
                    "again): start a new run with another --out")

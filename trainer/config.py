@@ -12,7 +12,11 @@ from runtime.metadata import AGGREGATIONS
 from runtime.session import DEVICES
 
 SPLIT_KINDS = ("stratified", "speaker")
-SCHEDULERS = ("none", "cosine")
+# cosine: per epoch to 0 (CosineAnnealingLR); warmup-cosine: per step, linear warmup over
+# warmup_epochs, then half a cosine to 0.
+SCHEDULERS = ("none", "cosine", "warmup-cosine")
+OPTIMIZERS = ("adam", "adamw")
+RECIPES = ("default", "original")
 
 
 def default_cache_dir() -> str:
@@ -32,6 +36,7 @@ class TrainConfig:
     features: dict = field(default_factory=lambda: FeatureConfig().to_dict())
     split: str = "stratified"
     splits_file: str | None = None
+    holdout_attack: str | None = None  # leave-one-attack-out (trainer.data.hold_out_attack)
     seed: int = 0
     epochs: int = 10
     batch_size: int = 32
@@ -49,6 +54,16 @@ class TrainConfig:
     # many training batches (0: keep the running averages); trainer/batchnorm.py says why.
     bn_batches: int = 200
     threads: int | None = None  # torch CPU threads (None: torch's default, one per core)
+    # The recipe (trainer/recipe.py): "original" is the seed project's (frozen feature
+    # windows, no augmentation, Adam 1e-4, BCE); "default" trains from cached audio with
+    # the augmentation below, computed on the fly.
+    recipe: str = "original"
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    warmup_epochs: float = 0.0  # linear warmup, per step, before the schedule
+    class_balance: bool = False  # weight BCE so both classes count equally
+    augment: dict | None = None  # AugmentConfig.to_dict(); None: no augmentation
+    copy_synthesis: dict | None = None  # CopySynthesisConfig.to_dict(); None: none
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -64,7 +79,7 @@ class TrainConfig:
             raise ValueError("config has unknown key(s) "
                              + ", ".join(repr(k)[:40] for k in unknown[:5]))
         choices = {"split": SPLIT_KINDS, "scheduler": SCHEDULERS, "device": DEVICES,
-                   "aggregation": AGGREGATIONS}
+                   "aggregation": AGGREGATIONS, "optimizer": OPTIMIZERS, "recipe": RECIPES}
         kept = {}
         for f in fields(cls):
             if f.name not in d:
@@ -87,15 +102,39 @@ class TrainConfig:
             # The CLI's own ranges (dfa-train --help), so a hand-edited run.json cannot
             # reach the data loader with a batch of 0.
             lowest = {"epochs": 1, "batch_size": 2, "workers": 1, "bn_batches": 0,
-                      "threads": 1, "lr": 0.0}.get(f.name)
+                      "threads": 1, "lr": 0.0, "weight_decay": 0.0,
+                      "warmup_epochs": 0.0}.get(f.name)
             if lowest is not None and value is not None and value < lowest:
                 raise ValueError(f"config {f.name!r} is {value!r}; it must be at least "
                                  f"{lowest}")
             if f.name == "target_fpr" and value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"config 'target_fpr' is {value!r}; it must be in [0, 1]")
             kept[f.name] = value
-        return cls(**kept)
+        cfg = cls(**kept)
+        cfg.augment_config  # noqa: B018 - validates them
+        cfg.copy_config  # noqa: B018
+        return cfg
 
     @property
     def feature_config(self) -> FeatureConfig:
         return FeatureConfig.from_dict(self.features)
+
+    @property
+    def augment_config(self):
+        from trainer.augment import AugmentConfig
+
+        return AugmentConfig.none() if self.augment is None else AugmentConfig.from_dict(
+            self.augment)
+
+    @property
+    def copy_config(self):
+        from trainer.augment import CopySynthesisConfig
+
+        return CopySynthesisConfig() if self.copy_synthesis is None else (
+            CopySynthesisConfig.from_dict(self.copy_synthesis))
+
+    @property
+    def from_audio(self) -> bool:
+        """Train on windows computed on the fly from the audio cache (any recipe but the
+        original's frozen feature windows)."""
+        return self.recipe != "original"

@@ -16,10 +16,13 @@ import pandas as pd
 from runtime.dataset import DataError, Problem, problems_message, read_meta, read_splits
 
 SPLITS = ("train", "val", "test")
+# Rows a protocol keeps out of every split (--holdout-attack): listed in splits.csv so
+# that the file still covers meta.csv, never read by training or the report.
+UNUSED = "unused"
 FRACTIONS = (0.8, 0.1, 0.1)
 
 __all__ = ["DataError", "Problem", "problems_message", "load_meta", "make_splits",
-           "splits_from_file", "group_columns", "split_summary"]
+           "splits_from_file", "group_columns", "split_summary", "hold_out_attack"]
 
 
 def load_meta(data_dir: str | os.PathLike, allow_outside: bool = False
@@ -37,7 +40,8 @@ def load_meta(data_dir: str | os.PathLike, allow_outside: bool = False
 
 
 def group_columns(table: pd.DataFrame) -> list[str]:
-    internal = {"file", "speaker", "label", "path", "line", "split", "cache", "windows"}
+    internal = {"file", "speaker", "label", "path", "line", "split", "cache", "windows",
+                "audio", "samples", "copy_of"}
     return [c for c in table.columns if c not in internal]
 
 
@@ -125,14 +129,46 @@ def splits_from_file(path: str | os.PathLike, table: pd.DataFrame) -> pd.Series:
     """The split column for `table` from a splits.csv written by an earlier run (read by
     runtime.dataset.read_splits, as dfa-eval reads it)."""
     mapping = read_splits(path)
-    bad = sorted(set(mapping.values()) - set(SPLITS))
+    bad = sorted(set(mapping.values()) - {*SPLITS, UNUSED})
     if bad:
-        raise DataError(f"{path}: unknown split name(s) {', '.join(bad)}; use train/val/test")
+        raise DataError(f"{path}: unknown split name(s) {', '.join(bad)}; use "
+                        f"train/val/test (or {UNUSED})")
     absent = [f for f in table["file"] if f not in mapping]
     if absent:
         raise DataError(f"{path}: {len(absent)} file(s) of meta.csv are not in it, e.g. "
                         f"{absent[0]}; make a new split or fix the file")
     return pd.Series([mapping[f] for f in table["file"]], index=table.index, name="split")
+
+
+def hold_out_attack(table: pd.DataFrame, split: pd.Series, attack: str) -> pd.Series:
+    """Leave-one-attack-out on top of a speaker-disjoint split: no clip of `attack` in
+    train or val, and a test split of the test speakers' bona fide clips and their clips
+    of `attack` only, so the test EER is the EER on an attack the model never saw. The
+    rows this leaves out of both (the attack's clips of train/val speakers, the other
+    attacks' clips of test speakers) become UNUSED: putting the attack's clips of training
+    speakers into test would break speaker disjointness."""
+    if "attack" not in table.columns:
+        raise DataError("--holdout-attack needs an attack column in meta.csv "
+                        "(file,speaker,label,attack)")
+    attacks = table.loc[table["label"] == 1, "attack"].astype(str)
+    if attack not in set(attacks):
+        known = ", ".join(sorted(set(attacks))[:10]) or "none"
+        raise DataError(f"--holdout-attack {attack}: no spoof row of meta.csv has that "
+                        f"attack; the attacks are: {known}")
+    is_attack = (table["label"] == 1) & (table["attack"].astype(str) == attack)
+    other_spoof = (table["label"] == 1) & ~is_attack
+    out = split.copy()
+    out[is_attack & split.isin(["train", "val"])] = UNUSED
+    out[other_spoof & (split == "test")] = UNUSED
+    for name in ("train", "val", "test"):
+        present = set(table.loc[out == name, "label"].tolist())
+        if present != {0, 1}:
+            what = ("no files" if not present
+                    else f"only {'bona-fide' if present == {0} else 'spoof'} files")
+            raise DataError(f"--holdout-attack {attack}: the {name} split has {what}; "
+                            "the attack needs clips of the test speakers, and the other "
+                            "attacks clips of the training and validation speakers")
+    return out
 
 
 def split_summary(table: pd.DataFrame) -> str:
@@ -141,4 +177,7 @@ def split_summary(table: pd.DataFrame) -> str:
         rows = table[table["split"] == name]
         parts.append(f"{name} {len(rows)} ({(rows['label'] == 0).sum()} bona-fide, "
                      f"{(rows['label'] == 1).sum()} spoof, {rows['speaker'].nunique()} speakers)")
+    unused = int((table["split"] == UNUSED).sum())
+    if unused:
+        parts.append(f"{unused} unused (--holdout-attack)")
     return "; ".join(parts)

@@ -34,6 +34,51 @@ def make_train_dataset(files: list[str], labels: list[int], seed: int):
     return TrainWindows()
 
 
+def make_audio_dataset(files: list[str], samples: list[int], labels: list[int],
+                       cfg: TrainConfig):
+    """Training windows computed on the fly from the audio cache: one random crop of each
+    file per epoch (any sample may start it, not just the runtime's 2 s grid), augmented
+    on the waveform, turned into the model input by runtime.features (the one
+    definition), masked. Every random choice comes from
+    (seed, epoch, index), so an epoch is reproducible and resumable without loader state,
+    and a DataLoader worker needs nothing from its parent but this object."""
+    import torch
+
+    from runtime.features import pad_to, window_features
+    from trainer.augment import augment_waveform, mask_features
+    from trainer.cache import load_audio
+
+    fcfg = cfg.feature_config
+    aug = cfg.augment_config
+    seed = cfg.seed
+
+    class AudioWindows(torch.utils.data.Dataset):
+        def __init__(self):
+            self.epoch = 0
+
+        def __len__(self):
+            return len(files)
+
+        def __getitem__(self, i):
+            rng = np.random.default_rng([seed, self.epoch, i, 1])
+            size, n = fcfg.window_samples, samples[i]
+            if size is None:  # whole clip (the original's --whole-clip features)
+                audio = load_audio(files[i])
+            elif n > size:
+                start = int(rng.integers(0, n - size + 1))
+                audio = load_audio(files[i], start, start + size)
+            else:
+                audio = pad_to(load_audio(files[i]), size, fcfg.pad)
+            if aug.active:
+                audio = augment_waveform(audio, fcfg.sample_rate, aug, rng)
+            feat = window_features(audio, fcfg)
+            if aug.active:
+                feat = mask_features(feat, aug, rng)
+            return torch.from_numpy(np.ascontiguousarray(feat)), torch.tensor(float(labels[i]))
+
+    return AudioWindows()
+
+
 def unwrap(model):
     return getattr(model, "module", model)
 
@@ -158,9 +203,10 @@ def epoch_loader(dataset, cfg: TrainConfig, dist: Dist, epoch: int, workers: int
 
 
 def train_one_epoch(model, loader, optimizer, loss_fn, cfg: TrainConfig, dist: Dist,
-                    epoch: int, log: Log, t0: float) -> tuple[float, float, float, float]:
+                    epoch: int, log: Log, t0: float, step_scheduler=None
+                    ) -> tuple[float, float, float, float]:
     """One pass over `loader`; returns (summed loss, correct, samples) over all ranks and
-    the seconds it took since t0."""
+    the seconds it took since t0. A per-step schedule is stepped after every update."""
     model.train()
     loss_sum = correct = seen = 0.0
     n_batches = len(loader)
@@ -173,6 +219,8 @@ def train_one_epoch(model, loader, optimizer, loss_fn, cfg: TrainConfig, dist: D
         optimizer.zero_grad(set_to_none=True)
         (loss / x.shape[0]).backward()
         optimizer.step()
+        if step_scheduler is not None:
+            step_scheduler.step()
         loss_sum += loss.item()
         correct += float(((logits > 0).float() == y).sum())
         seen += x.shape[0]
@@ -182,3 +230,46 @@ def train_one_epoch(model, loader, optimizer, loss_fn, cfg: TrainConfig, dist: D
     train_time = time.perf_counter() - t0
     loss_sum, correct, seen = dist.sum([loss_sum, correct, seen])
     return loss_sum, correct, seen, train_time
+
+
+def build_optimizer(model, cfg: TrainConfig, steps_per_epoch: int):
+    """(optimizer, per-epoch scheduler or None, per-step scheduler or None) for the run's
+    settings. warmup-cosine: linear warmup over warmup_epochs, then half a cosine to 0 at
+    the last step of the last epoch."""
+    import math
+
+    import torch
+
+    if cfg.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr,
+                                      weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr,
+                                     weight_decay=cfg.weight_decay)
+    if cfg.scheduler == "cosine":
+        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=cfg.epochs), None
+    if cfg.scheduler == "warmup-cosine":
+        total = max(1, cfg.epochs * steps_per_epoch)
+        warmup = min(total - 1, int(round(cfg.warmup_epochs * steps_per_epoch)))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        return optimizer, None, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return optimizer, None, None
+
+
+def balanced_bce(labels: list[int], balance: bool):
+    """Summed BCE; with balance, spoof windows weighted n_bona / n_spoof, so both classes
+    carry the same total weight (In-the-Wild is ~63% bona fide)."""
+    import torch
+
+    if not balance:
+        return torch.nn.BCEWithLogitsLoss(reduction="sum")
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=2)
+    weight = counts[0] / max(1, counts[1])
+    return torch.nn.BCEWithLogitsLoss(reduction="sum", pos_weight=torch.tensor(float(weight)))

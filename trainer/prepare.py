@@ -10,11 +10,13 @@ from pathlib import Path
 
 from runtime.fileio import atomic_write_text
 from runtime.metadata import LABELS
-from trainer.cache import build_cache, same_audio
+from trainer.cache import build_cache, build_copies, same_audio
 from trainer.config import TrainConfig
 from trainer.data import (
     DataError,
     Problem,
+    group_columns,
+    hold_out_attack,
     load_meta,
     make_splits,
     problems_message,
@@ -25,16 +27,22 @@ from trainer.log import Log
 
 
 def prepare_data(cfg: TrainConfig, out: Path, log: Log) -> None:
-    """Validate meta.csv, build the feature cache, split; write dataset.csv and splits.csv."""
+    """Validate meta.csv, build the audio cache (or, for the original recipe, the feature
+    cache), split, cache the validation and test features; write dataset.csv and
+    splits.csv."""
     table, problems = load_meta(cfg.data_dir, allow_outside=cfg.allow_outside)
     meta = Path(cfg.data_dir) / "meta.csv"
     if problems and not cfg.skip_bad:
         raise DataError(problems_message(str(meta), problems,
                                          "fix them or pass --skip-bad to train on the rest"))
     fcfg = cfg.feature_config
-    log.info(f"features: {len(table)} files -> cache {cfg.cache_dir} (config {fcfg.digest()})")
-    cached = build_cache(table["path"].tolist(), fcfg, cfg.cache_dir, cfg.workers,
-                         log=sys.stderr if log.enabled else open(os.devnull, "w"))
+    progress = sys.stderr if log.enabled else open(os.devnull, "w")
+    # The original recipe trains on frozen feature windows; every other one on audio.
+    what, where = (("audio", f"audio-{fcfg.sample_rate}") if cfg.from_audio
+                   else ("features", f"config {fcfg.digest()}"))
+    log.info(f"{what}: {len(table)} files -> cache {cfg.cache_dir} ({where})")
+    cached = build_cache(table["path"].tolist(), fcfg, cfg.cache_dir, cfg.workers, log=progress,
+                         audio=cfg.from_audio)
     bad_audio = [Problem(int(line), f, cached[p][2])
                  for line, f, p in zip(table["line"], table["file"], table["path"], strict=True)
                  if cached[p][2] is not None]
@@ -50,17 +58,76 @@ def prepare_data(cfg: TrainConfig, out: Path, log: Log) -> None:
                  "rows (bad meta.csv rows, unusable or repeated audio)")
         for p in (problems + bad_audio)[:5]:
             log.info(f"  line {p.line}: {p.file}: {p.reason}")
-    table["cache"] = [cached[p][0] for p in table["path"]]
-    table["windows"] = [cached[p][1] for p in table["path"]]
-    table.loc[table["line"].isin([p.line for p in repeats]), "cache"] = None
-    table = table[table["cache"].notna()].reset_index(drop=True)
+    key = "audio" if cfg.from_audio else "cache"
+    table[key] = [cached[p][0] for p in table["path"]]
+    table["samples" if cfg.from_audio else "windows"] = [cached[p][1] for p in table["path"]]
+    table.loc[table["line"].isin([p.line for p in repeats]), key] = None
+    table = table[table[key].notna()].reset_index(drop=True)
     if cfg.splits_file:
         table["split"] = splits_from_file(cfg.splits_file, table)
     else:
         table["split"] = make_splits(table, cfg.split, cfg.seed)
-    splits = table[["file", "speaker", "label", "split"]].copy()
+    if cfg.holdout_attack:
+        table["split"] = hold_out_attack(table, table["split"], cfg.holdout_attack)
+    if cfg.from_audio:
+        # Validation and test are scored as dfa-detect scores them, without augmentation:
+        # their windows are computed once, into the feature cache.
+        scored = table["split"].isin(["val", "test"])
+        log.info(f"features: {int(scored.sum())} validation and test files -> cache "
+                 f"{cfg.cache_dir} (config {fcfg.digest()})")
+        feats = build_cache(table.loc[scored, "path"].tolist(), fcfg, cfg.cache_dir,
+                            cfg.workers, log=progress)
+        failed = [(f, feats[p][2]) for f, p in zip(table.loc[scored, "file"],
+                                                   table.loc[scored, "path"], strict=True)
+                  if feats[p][2] is not None]
+        if failed:  # decoded once already: only a bug or a changed file gets here
+            raise DataError(f"{failed[0][0]}: {failed[0][1]} (and {len(failed) - 1} more); "
+                            "the file changed while preparing? start the run again")
+        table["cache"] = [feats[p][0] if s else "" for p, s in zip(table["path"], scored,
+                                                                    strict=True)]
+        table["windows"] = [feats[p][1] if s else 0 for p, s in zip(table["path"], scored,
+                                                                    strict=True)]
+    table["copy_of"] = ""
+    if cfg.from_audio and cfg.copy_config.copies:
+        table = add_copies(table, cfg, progress)
+    splits = table.loc[table["copy_of"] == "", ["file", "speaker", "label", "split"]].copy()
     splits["label"] = splits["label"].map(LABELS)
     atomic_write_text(out / "splits.csv", splits.to_csv(index=False))
     atomic_write_text(out / "dataset.csv", table.to_csv(index=False))
-    log.info(f"split ({cfg.split if not cfg.splits_file else cfg.splits_file}): "
+    how = cfg.splits_file or cfg.split
+    if cfg.holdout_attack:
+        how += f", --holdout-attack {cfg.holdout_attack}"
+    log.info(f"split ({how}): "
              f"{split_summary(table)}")
+
+
+def add_copies(table, cfg: TrainConfig, progress):
+    """Copy-synthesis spoofs of the bona fide training clips (trainer/cache.build_copies),
+    as extra training rows: label spoof, the source's speaker, attack "copy-<vocoder>",
+    copy_of naming the source file. They are made once per seed and cached; they never
+    enter val or test, nor splits.csv."""
+    import pandas as pd
+
+    copy = cfg.copy_config
+    bona = table[(table["split"] == "train") & (table["label"] == 0)]
+    jobs, rows = [], []
+    for n, (_, row) in enumerate(bona.iterrows()):
+        for k in range(copy.copies):
+            vocoder = copy.vocoders[(n + k) % len(copy.vocoders)]
+            jobs.append((row["audio"], vocoder, cfg.seed, k))
+            rows.append(row)
+    made = build_copies(jobs, cfg.feature_config.sample_rate, cfg.cache_dir, cfg.workers,
+                        log=progress)
+    extra = pd.DataFrame(rows).reset_index(drop=True)
+    vocoders = [j[1] for j in jobs]
+    extra["copy_of"] = extra["file"]
+    extra["file"] = [f"{f}#copy-{v}-{j[3]}" for f, v, j in zip(extra["file"], vocoders, jobs,
+                                                                 strict=True)]
+    extra["label"] = 1
+    for col in group_columns(table):
+        if col not in ("copy_of",):
+            extra[col] = [f"copy-{v}" for v in vocoders]
+    extra["audio"] = [m[0] for m in made]
+    extra["samples"] = [m[1] for m in made]
+    extra["cache"], extra["windows"] = "", 0
+    return pd.concat([table, extra], ignore_index=True)

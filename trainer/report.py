@@ -65,9 +65,7 @@ def report(run: RunState, scores: dict[str, np.ndarray]) -> None:
                             "spoof": int((part["label"] == 1).sum()),
                             "speakers": int(part["speaker"].nunique())}
                      for name, part in run.splits.items()},
-            "recipe": {"lr": cfg.lr, "batch_size": cfg.batch_size, "scheduler": cfg.scheduler,
-                       "seed": cfg.seed, "bn_batches": cfg.bn_batches, "optimizer": "Adam",
-                       "loss": "binary cross-entropy", "augmentation": "none"},
+            "recipe": recipe_record(cfg),
             "test": test_summary, "val": val_summary, "test_groups": groups,
             "split": cfg.split if not cfg.splits_file else f"file:{cfg.splits_file}",
             "preset": cfg.arch, "best_epoch": best["epoch"], "epochs": cfg.epochs,
@@ -80,6 +78,22 @@ def report(run: RunState, scores: dict[str, np.ndarray]) -> None:
     set_status(out, cfg, "done")
     run.log.result(format_summary(out, cfg, best, threshold, source, test_summary, groups,
                                   calibration))
+
+
+def recipe_record(cfg) -> dict:
+    """How the model was trained, as model.json (and dfa-info) say it."""
+    return {
+        "name": cfg.recipe, "lr": cfg.lr, "batch_size": cfg.batch_size,
+        "scheduler": cfg.scheduler, "warmup_epochs": cfg.warmup_epochs, "seed": cfg.seed,
+        "bn_batches": cfg.bn_batches,
+        "optimizer": {"adam": "Adam", "adamw": "AdamW"}[cfg.optimizer],
+        "weight_decay": cfg.weight_decay,
+        "loss": "binary cross-entropy" + (", class-balanced" if cfg.class_balance else ""),
+        "inputs": "random crops of cached audio" if cfg.from_audio else "frozen windows",
+        "augmentation": cfg.augment if cfg.augment is not None else "none",
+        "copy_synthesis": cfg.copy_synthesis if cfg.copy_synthesis is not None else "none",
+        "holdout_attack": cfg.holdout_attack,
+    }
 
 
 def format_summary(out, cfg, best, threshold, source, test, groups, calibration) -> str:

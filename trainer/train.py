@@ -16,7 +16,10 @@ from trainer.data import DataError
 from trainer.distributed import Dist
 from trainer.log import Log
 from trainer.loop import (
+    balanced_bce,
+    build_optimizer,
     epoch_loader,
+    make_audio_dataset,
     make_train_dataset,
     pin_determinism,
     recalibrate_batchnorm,
@@ -102,9 +105,15 @@ def _run(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log) -> int
     if dist.cuda:
         model = model.to(memory_format=torch.channels_last)
     state.model = model
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-                 if cfg.scheduler == "cosine" else None)
+    labels = train["label"].astype(int).tolist()
+    if cfg.from_audio:
+        dataset = make_audio_dataset(train["audio"].tolist(),
+                                     train["samples"].astype(int).tolist(), labels, cfg)
+    else:
+        dataset = make_train_dataset(train["cache"].tolist(), labels, cfg.seed)
+    steps = -(-len(dataset) // (cfg.batch_size * dist.world))
+    optimizer, epoch_scheduler, step_scheduler = build_optimizer(model, cfg, steps)
+    scheduler = epoch_scheduler or step_scheduler  # the one checkpoint.pt keeps
     start_epoch = 1
     ckpt_path = out / "checkpoint.pt"
     if resume and ckpt_path.exists():
@@ -122,13 +131,15 @@ def _run(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log) -> int
              f"parameters) on {dist.device}{' x' + str(dist.world) if dist.world > 1 else ''}"
              f"{', bf16 autocast' if cfg.amp and dist.cuda else ''}")
 
-    dataset = make_train_dataset(train["cache"].tolist(), train["label"].astype(int).tolist(),
-                                 cfg.seed)
     # Loading a cached window is a memory-mapped read. On CPU the cores are busy training,
     # and loader processes only steal them (measured: 32 vs 52 samples/s for the edge preset
-    # on 2 cores); a GPU needs them to keep up.
+    # on 2 cores); a GPU needs them to keep up. Windows computed on the fly (augmentation,
+    # features: ~30 ms a window on one core, bench/bench_loader.py) need every worker on a
+    # GPU, and one on CPU, where it overlaps the work with training's.
     loader_workers = min(cfg.workers, 4) if dist.cuda and cfg.workers > 1 else 0
-    loss_fn = torch.nn.BCEWithLogitsLoss(reduction="sum")
+    if cfg.from_audio and cfg.workers > 1:
+        loader_workers = cfg.workers if dist.cuda else 1
+    loss_fn = balanced_bce(labels, cfg.class_balance).to(dist.device)
     if not resume and (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()
     if resume and dist.main:
@@ -139,9 +150,10 @@ def _run(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log) -> int
         loader = epoch_loader(dataset, cfg, dist, epoch, loader_workers)
         lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains with
         loss_sum, correct, seen, train_time = train_one_epoch(
-            train_model, loader, optimizer, loss_fn, cfg, dist, epoch, log, t0)
-        if scheduler is not None:
-            scheduler.step()
+            train_model, loader, optimizer, loss_fn, cfg, dist, epoch, log, t0,
+            step_scheduler)
+        if epoch_scheduler is not None:
+            epoch_scheduler.step()
         recalibrate_batchnorm(model, dataset, cfg, dist, epoch)
         record = _validate(state, epoch, t0, train_time, loss_sum, correct, seen, lr)
         if dist.main:

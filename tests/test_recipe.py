@@ -1,0 +1,360 @@
+"""The training recipe (issue 11): leave-one-attack-out splits, the audio cache,
+waveform augmentation and masks, the linear frequency scale, the optimiser schedule, the
+recipes and what a run records of them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from runtime.config import FeatureConfig
+from runtime.features import linear_filterbank, mel_filterbank, window_features
+
+SR = 16000
+
+
+def speechlike(seconds: float = 2.0, seed: int = 0) -> np.ndarray:
+    """A voiced sound with a gliding pitch and two formant-like peaks, plus a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    f0 = 140 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / SR
+    x = sum(np.sin(k * phase) * np.exp(-((k * 140 - 700) / 500) ** 2 - 0.05 * k)
+            for k in range(1, 40))
+    x = x / np.abs(x).max() * 0.3 + 0.003 * rng.standard_normal(t.size)
+    return x.astype(np.float32)
+
+
+# ---------------------------------------------------------------- leave one attack out
+
+def attack_table() -> pd.DataFrame:
+    rows = []
+    for spk in range(9):
+        for n in range(12):
+            label = int(n % 3 != 0)
+            attack = "bona-fide" if not label else ("gl" if n % 3 == 1 else "tts")
+            rows.append({"file": f"{spk}-{n}.wav", "speaker": f"s{spk}", "label": label,
+                         "attack": attack})
+    return pd.DataFrame(rows)
+
+
+def test_holdout_attack_keeps_it_out_of_train_and_val_and_alone_in_test():
+    from trainer.data import UNUSED, hold_out_attack, make_splits
+
+    table = attack_table()
+    base = make_splits(table, "speaker", seed=0)
+    split = hold_out_attack(table, base, "gl")
+    train_val = table[split.isin(["train", "val"])]
+    test = table[split == "test"]
+    assert "gl" not in set(train_val["attack"])
+    assert set(test["attack"]) == {"bona-fide", "gl"}
+    # speakers stay where the speaker split put them, so train/val/test are disjoint
+    speakers = {name: set(table.loc[split == name, "speaker"]) for name in ("train", "val",
+                                                                            "test")}
+    assert not speakers["train"] & speakers["test"] and not speakers["val"] & speakers["test"]
+    assert (split[base == "test"] != "train").all()
+    # what was dropped is exactly the attack's clips of train/val speakers and the other
+    # attacks' clips of test speakers
+    unused = table[split == UNUSED]
+    assert set(unused.loc[base[split == UNUSED].isin(["train", "val"]), "attack"]) == {"gl"}
+    assert set(unused.loc[base[split == UNUSED] == "test", "attack"]) == {"tts"}
+
+
+def test_holdout_attack_errors_name_the_problem():
+    from trainer.data import DataError, hold_out_attack, make_splits
+
+    table = attack_table()
+    base = make_splits(table, "speaker", seed=0)
+    with pytest.raises(DataError, match="no spoof row .* attack; the attacks are: gl, tts"):
+        hold_out_attack(table, base, "wavenet")
+    with pytest.raises(DataError, match="needs an attack column"):
+        hold_out_attack(table.drop(columns="attack"), base, "gl")
+    only_gl = table[(table["attack"] != "tts")].reset_index(drop=True)
+    with pytest.raises(DataError, match="the train split has only bona-fide files"):
+        hold_out_attack(only_gl, make_splits(only_gl, "speaker", 0), "gl")
+
+
+def test_splits_file_may_mark_rows_unused(tmp_path):
+    from trainer.data import splits_from_file
+
+    table = attack_table().head(3)
+    p = tmp_path / "splits.csv"
+    p.write_text("file,split\n0-0.wav,train\n0-1.wav,unused\n0-2.wav,test\n")
+    assert splits_from_file(p, table).tolist() == ["train", "unused", "test"]
+    p.write_text("file,split\n0-0.wav,train\n0-1.wav,holdout\n0-2.wav,test\n")
+    with pytest.raises(Exception, match="unknown split name.*holdout"):
+        splits_from_file(p, table)
+
+
+# ----------------------------------------------------------------------- audio cache
+
+def test_audio_cache_is_exact_for_16_bit_files_and_refuses_what_the_runtime_refuses(tmp_path):
+    import soundfile as sf
+
+    from runtime.audio import AudioError
+    from trainer.cache import check_audio, load_audio, write_audio
+
+    x = speechlike(1.5)
+    sf.write(tmp_path / "a.wav", x, SR, subtype="PCM_16")
+    decoded = sf.read(tmp_path / "a.wav", dtype="float32")[0]
+    n = write_audio(tmp_path / "a.wav", FeatureConfig(), tmp_path / "a.npy")
+    assert n == x.size
+    assert np.array_equal(load_audio(str(tmp_path / "a.npy")), decoded)
+    assert np.array_equal(load_audio(str(tmp_path / "a.npy"), 100, 300), decoded[100:300])
+    sf.write(tmp_path / "quiet.wav", np.zeros(SR, np.float32), SR, subtype="PCM_16")
+    with pytest.raises(AudioError, match="silent"):
+        write_audio(tmp_path / "quiet.wav", FeatureConfig(), tmp_path / "quiet.npy")
+    assert not (tmp_path / "quiet.npy").exists()
+    with pytest.raises(AudioError, match="too short"):
+        check_audio(np.ones(100, np.int16), FeatureConfig())
+
+
+# ---------------------------------------------------------------------- augmentation
+
+def test_augment_config_round_trips_and_refuses_nonsense():
+    from trainer.augment import AugmentConfig
+
+    cfg = AugmentConfig()
+    assert AugmentConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert cfg.active and not AugmentConfig.none().active
+    for bad in ({"codec_p": 1.5}, {"noise_snr_db": [40, 10]}, {"codecs": ["aac"]},
+                {"rawboost": ["algo9"]}, {"sparkle": 1}):
+        with pytest.raises(ValueError):
+            AugmentConfig.from_dict({**cfg.to_dict(), **bad})
+
+
+@pytest.mark.parametrize("codec", ["mp3", "vorbis", "opus", "telephone"])
+def test_codec_roundtrip_keeps_length_and_alignment(codec):
+    from trainer.augment import codec_roundtrip, rms
+
+    x = speechlike(2.0)
+    y = codec_roundtrip(x, SR, codec, 0.6)
+    assert y.shape == x.shape and y.dtype == np.float32 and np.isfinite(y).all()
+    assert not np.array_equal(x, y)
+    if codec != "telephone":  # aligned: the error is the codec's, not a delay's
+        assert rms(y - x) < 0.5 * rms(x)
+    else:  # 8 kHz: nothing left above 4 kHz
+        spec = np.abs(np.fft.rfft(y)) ** 2
+        freqs = np.fft.rfftfreq(y.size, 1 / SR)
+        assert spec[freqs > 4100].sum() < 1e-4 * spec.sum()
+
+
+def test_augment_waveform_is_deterministic_per_generator_and_well_formed():
+    from trainer.augment import AugmentConfig, augment_waveform
+
+    x = speechlike(4.0)
+    cfg = AugmentConfig(reverb_p=1, eq_p=1, gain_p=1, rawboost_p=1, noise_p=1, codec_p=1)
+    a = augment_waveform(x, SR, cfg, np.random.default_rng(3))
+    b = augment_waveform(x, SR, cfg, np.random.default_rng(3))
+    c = augment_waveform(x, SR, cfg, np.random.default_rng(4))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert a.shape == x.shape and a.dtype == np.float32
+    assert np.isfinite(a).all() and np.abs(a).max() <= 1.0
+    off = augment_waveform(x, SR, AugmentConfig.none(), np.random.default_rng(3))
+    assert np.array_equal(off, x)
+
+
+def test_spec_masks_hide_bands_and_frames_with_the_mean():
+    from trainer.augment import AugmentConfig, mask_features
+
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((1, 64, 64)).astype(np.float32)
+    cfg = AugmentConfig(mask_p=1.0, freq_masks=1, time_masks=1, freq_mask_max=0.25,
+                        time_mask_max=0.25)
+    masked = [mask_features(image, cfg, np.random.default_rng(s)) for s in range(20)]
+    changed = [m for m in masked if not np.array_equal(m, image)]
+    assert changed  # a mask of width 0 can be drawn, but not 20 times in a row
+    for m in changed:
+        rows = np.all(m[0] == m[0, :, :1], axis=1) & ~np.all(image[0] == image[0, :, :1],
+                                                             axis=1)
+        cols = np.all(m[0] == m[0, :1, :], axis=0)
+        assert rows.any() or cols.any()
+        assert rows.sum() <= 16 and cols.sum() <= 16
+    assert np.array_equal(mask_features(image, AugmentConfig(mask_p=0.0), rng), image)
+
+
+# ------------------------------------------------------------------ linear frequency
+
+def test_linear_scale_spaces_bands_evenly_and_matches_its_librosa_reference():
+    cfg = FeatureConfig(frequency_scale="linear", n_mels=64, image_height=64,
+                        image_width=64, window_s=1.0)
+    bank = linear_filterbank(SR, cfg.n_fft, 64, 0.0, None)
+    peaks = np.fft.rfftfreq(cfg.n_fft, 1 / SR)[bank.argmax(axis=1)]
+    assert np.allclose(np.diff(peaks), SR / 2 / 65, atol=SR / cfg.n_fft)
+    mel_peaks = np.fft.rfftfreq(cfg.n_fft, 1 / SR)[
+        mel_filterbank(SR, cfg.n_fft, 64, 0.0, None).argmax(axis=1)]
+    assert np.diff(mel_peaks)[-1] > 2.5 * np.diff(peaks)[-1]  # mel is coarse up high
+    x = speechlike(1.0)
+    fast = window_features(x, cfg)
+    ref = window_features(x, cfg, reference=True)
+    assert np.abs(fast - ref).max() < 1e-4
+    assert not np.allclose(fast, window_features(x, FeatureConfig(
+        n_mels=64, image_height=64, image_width=64, window_s=1.0)))
+
+
+def test_frequency_scale_is_checked_and_leaves_earlier_cache_digests_alone():
+    with pytest.raises(ValueError, match="frequency_scale"):
+        FeatureConfig(frequency_scale="bark")
+    # the digests every earlier version gave these configs (their feature caches)
+    assert FeatureConfig().digest() == "75dca9318f60a4f7"
+    assert FeatureConfig.original().digest() == "77b62d9dd867d624"
+    assert FeatureConfig(frequency_scale="linear").digest() != FeatureConfig().digest()
+    assert FeatureConfig.from_dict({k: v for k, v in FeatureConfig().to_dict().items()
+                                    if k != "frequency_scale"}) == FeatureConfig()
+
+
+# ---------------------------------------------------------------- optimiser and loss
+
+def test_warmup_cosine_rises_then_falls_to_zero():
+    torch = pytest.importorskip("torch")
+    from trainer.config import TrainConfig
+    from trainer.loop import build_optimizer
+
+    model = torch.nn.Linear(2, 1)
+    cfg = TrainConfig(data_dir="d", out="o", lr=1e-3, optimizer="adamw", weight_decay=0.01,
+                      scheduler="warmup-cosine", warmup_epochs=1.0, epochs=4)
+    opt, per_epoch, per_step = build_optimizer(model, cfg, steps_per_epoch=10)
+    assert isinstance(opt, torch.optim.AdamW) and per_epoch is None
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        per_step.step()
+    assert lrs[0] < lrs[5] < lrs[10] and abs(max(lrs) - 1e-3) < 1e-4
+    assert all(a >= b for a, b in zip(lrs[11:], lrs[12:], strict=False))
+    assert lrs[-1] < 0.01 * max(lrs)
+
+
+def test_class_balance_weights_the_minority_class():
+    torch = pytest.importorskip("torch")
+    from trainer.loop import balanced_bce
+
+    loss = balanced_bce([0] * 6 + [1] * 2, balance=True)
+    assert float(loss.pos_weight) == 3.0
+    logits, y = torch.zeros(2), torch.tensor([0.0, 1.0])
+    assert float(loss(logits, y)) == pytest.approx(4 * float(torch.log(torch.tensor(2.0))))
+    assert balanced_bce([0, 1], balance=False).pos_weight is None
+
+
+# ------------------------------------------------------------------- recipes, end to end
+
+def run_train(args):
+    from typer.testing import CliRunner
+
+    from trainer.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_recipe_original_refuses_augmentation(itw_dataset, tmp_path):
+    pytest.importorskip("torch")
+    r = run_train([itw_dataset, "--out", tmp_path / "r", "--recipe", "original",
+                   "--copies", "1"])
+    assert r.exit_code == 2 and "--recipe original trains on frozen" in r.stderr
+    r = run_train([itw_dataset, "--out", tmp_path / "r", "--holdout-attack", "vocoder-a",
+                   "--split", "stratified"])
+    assert r.exit_code == 2 and "keeps speakers disjoint" in r.stderr
+    (tmp_path / "aug.json").write_text('{"codec_p": 2}')
+    r = run_train([itw_dataset, "--out", tmp_path / "r", "--augment", tmp_path / "aug.json"])
+    assert r.exit_code == 2 and "--augment" in r.stderr and "codec_p" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def default_run(itw_dataset, features_json, feature_cache, tmp_path_factory):
+    """A 2-epoch tiny-preset run of the default recipe (augmentation, copy synthesis,
+    AdamW warmup-cosine, class balance)."""
+    pytest.importorskip("torch")
+    out = tmp_path_factory.mktemp("default") / "run"
+    r = run_train([itw_dataset, "--out", out, "--epochs", "2", "--feature-config",
+                   features_json, "--cache-dir", feature_cache, *DEFAULT_FAST])
+    assert r.exit_code == 0, r.stderr + r.stdout
+    return out, r
+
+
+# tests.datasets.FAST_TRAIN without its --recipe original
+DEFAULT_FAST = ["--arch", "tiny", "--batch-size", "8", "--lr", "3e-3", "--workers", "1"]
+
+
+def test_default_recipe_run_records_its_recipe_and_copies(default_run):
+    out, _ = default_run
+    run = json.loads((out / "run.json").read_text())["config"]
+    assert run["recipe"] == "default" and run["optimizer"] == "adamw"
+    assert run["augment"]["codec_p"] > 0 and run["copy_synthesis"]["copies"] == 1
+    meta = json.loads((out / "model.json").read_text())
+    recipe = meta["metrics"]["recipe"]
+    assert recipe["name"] == "default" and recipe["optimizer"] == "AdamW"
+    assert recipe["inputs"] == "random crops of cached audio"
+    assert recipe["loss"] == "binary cross-entropy, class-balanced"
+    dataset = pd.read_csv(out / "dataset.csv", keep_default_na=False)
+    splits = pd.read_csv(out / "splits.csv", keep_default_na=False)
+    copies = dataset[dataset["copy_of"] != ""]
+    train_bona = dataset[(dataset["split"] == "train") & (dataset["label"] == 0)
+                         & (dataset["copy_of"] == "")]
+    assert len(copies) == len(train_bona) and (copies["label"] == 1).all()
+    assert (copies["split"] == "train").all()
+    assert set(copies["copy_of"]) == set(train_bona["file"])
+    assert set(copies["attack"]) <= {"copy-lpc", "copy-phase", "copy-channel",
+                                     "copy-sinusoidal"}
+    assert len(splits) == len(dataset) - len(copies)  # splits.csv covers meta.csv only
+    assert not (set(splits["file"]) & set(copies["file"]))
+    scored = dataset[dataset["split"].isin(["val", "test"])]
+    assert (scored["cache"] != "").all() and (scored["windows"] > 0).all()
+
+
+def test_original_recipe_and_holdout_attack_end_to_end(itw_dataset, features_json,
+                                                       feature_cache, tmp_path):
+    pytest.importorskip("torch")
+    from tests.datasets import FAST_TRAIN
+
+    out = tmp_path / "orig"
+    r = run_train([itw_dataset, "--out", out, "--epochs", "1",
+                   "--feature-config", features_json, "--cache-dir", feature_cache,
+                   "--holdout-attack", "vocoder-a", *FAST_TRAIN])
+    assert r.exit_code == 0, r.stderr + r.stdout
+    cfg = json.loads((out / "run.json").read_text())["config"]
+    # FAST_TRAIN's --lr is the user's; the rest is the original recipe
+    assert (cfg["recipe"], cfg["optimizer"], cfg["scheduler"], cfg["augment"],
+            cfg["class_balance"], cfg["lr"]) == ("original", "adam", "none", None, False, 3e-3)
+    dataset = pd.read_csv(out / "dataset.csv", keep_default_na=False)
+    assert (dataset.loc[dataset["split"] != "unused", "cache"] != "").all()
+    test = dataset[dataset["split"] == "test"]
+    assert set(test["attack"]) == {"bona-fide", "vocoder-a"}
+    assert "vocoder-a" not in set(dataset.loc[dataset["split"].isin(["train", "val"]),
+                                              "attack"])
+    assert "--holdout-attack vocoder-a" in r.stderr
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["metrics"]["recipe"]["holdout_attack"] == "vocoder-a"
+    assert meta["metrics"]["recipe"]["inputs"] == "frozen windows"
+
+
+def test_default_recipe_resumes_to_the_same_model(itw_dataset, features_json, feature_cache,
+                                                  default_run, tmp_path, monkeypatch):
+    """Augmentation draws from (seed, epoch, item) and the per-step schedule is in the
+    checkpoint: a run interrupted after epoch 1 and resumed ends with the same weights."""
+    torch = pytest.importorskip("torch")
+    from trainer import train as T
+
+    real, calls = T.score_files, {"n": 0}
+
+    def interrupt_second_validation(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "score_files", interrupt_second_validation)
+    out = tmp_path / "run"
+    r = run_train([itw_dataset, "--out", out, "--epochs", "2", "--feature-config",
+                   features_json, "--cache-dir", feature_cache, *DEFAULT_FAST])
+    assert r.exit_code == 130
+    monkeypatch.setattr(T, "score_files", real)
+    r = run_train(["--resume", out])
+    assert r.exit_code == 0, r.stderr
+    a = torch.load(out / "model.pth", weights_only=True)
+    b = torch.load(default_run[0] / "model.pth", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    r = run_train(["--resume", out, "--epochs", "3"])
+    assert r.exit_code == 2 and "cosine schedule" in r.stderr
