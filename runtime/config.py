@@ -125,7 +125,13 @@ class FeatureConfig:
         return int(round(self.min_duration_s * self.sample_rate))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every field, except frequency_scale while it is "mel": a mel model's metadata
+        stays readable by dfa versions from before that field (they refuse unknown
+        fields, and would compute exactly these features)."""
+        data = asdict(self)
+        if data["frequency_scale"] == "mel":
+            del data["frequency_scale"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> FeatureConfig:
@@ -148,9 +154,6 @@ class FeatureConfig:
 
     def digest(self) -> str:
         """Stable hash of every field: the feature cache key changes with any of them.
-        A field added later is left out while it has its default, so that the caches (and
-        digests recorded in runs) of earlier versions stay valid."""
-        data = self.to_dict()
-        if data["frequency_scale"] == "mel":
-            del data["frequency_scale"]
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        to_dict leaves a field added later out while it has its default, so the caches
+        (and digests recorded in runs) of earlier versions stay valid."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]

@@ -110,6 +110,13 @@ def test_audio_cache_is_exact_for_16_bit_files_and_refuses_what_the_runtime_refu
     assert not (tmp_path / "quiet.npy").exists()
     with pytest.raises(AudioError, match="too short"):
         check_audio(np.ones(100, np.int16), FeatureConfig())
+    # the level of the stored int16, so a warm cache refuses what a cold one refused
+    loud = np.zeros(SR, np.int16)
+    loud[5] = -32768  # abs() of this wraps in int16
+    check_audio(loud, FeatureConfig())
+    sf.write(tmp_path / "faint.wav", np.full(SR, 1.01e-4, np.float32), SR, subtype="FLOAT")
+    with pytest.raises(AudioError, match="silent"):  # 1.01e-4 is stored as 3/32768
+        write_audio(tmp_path / "faint.wav", FeatureConfig(), tmp_path / "faint.npy")
 
 
 # ---------------------------------------------------------------------- augmentation
@@ -121,7 +128,9 @@ def test_augment_config_round_trips_and_refuses_nonsense():
     assert AugmentConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert cfg.active and not AugmentConfig.none().active
     for bad in ({"codec_p": 1.5}, {"noise_snr_db": [40, 10]}, {"codecs": ["aac"]},
-                {"rawboost": ["algo9"]}, {"sparkle": 1}):
+                {"rawboost": ["algo9"]}, {"sparkle": 1}, {"gain_db": 6}, {"gain_db": []},
+                {"gain_db": [1, "a"]}, {"freq_masks": 2.5}, {"codecs": "mp3"},
+                {"mask_p": True}):
         with pytest.raises(ValueError):
             AugmentConfig.from_dict({**cfg.to_dict(), **bad})
 
@@ -202,8 +211,12 @@ def test_frequency_scale_is_checked_and_leaves_earlier_cache_digests_alone():
     assert FeatureConfig().digest() == "75dca9318f60a4f7"
     assert FeatureConfig.original().digest() == "77b62d9dd867d624"
     assert FeatureConfig(frequency_scale="linear").digest() != FeatureConfig().digest()
-    assert FeatureConfig.from_dict({k: v for k, v in FeatureConfig().to_dict().items()
-                                    if k != "frequency_scale"}) == FeatureConfig()
+    # a mel model's metadata does not name the field, so dfa versions from before it (which
+    # refuse unknown fields) still read it
+    assert "frequency_scale" not in FeatureConfig().to_dict()
+    assert FeatureConfig.from_json(FeatureConfig().to_json()) == FeatureConfig()
+    linear = FeatureConfig(frequency_scale="linear")
+    assert FeatureConfig.from_json(linear.to_json()) == linear
 
 
 # ---------------------------------------------------------------- optimiser and loss
@@ -299,6 +312,9 @@ def test_default_recipe_run_records_its_recipe_and_copies(default_run):
     assert set(copies["attack"]) <= {"copy-lpc", "copy-phase", "copy-channel",
                                      "copy-sinusoidal"}
     assert len(splits) == len(dataset) - len(copies)  # splits.csv covers meta.csv only
+    data = meta["metrics"]["data"]["train"]  # model.json counts the copies apart
+    assert data["copy_synthesis_spoofs"] == len(copies)
+    assert data["files"] == int(((dataset["split"] == "train") & (dataset["copy_of"] == "")).sum())
     assert not (set(splits["file"]) & set(copies["file"]))
     scored = dataset[dataset["split"].isin(["val", "test"])]
     assert (scored["cache"] != "").all() and (scored["windows"] > 0).all()
@@ -358,3 +374,40 @@ def test_default_recipe_resumes_to_the_same_model(itw_dataset, features_json, fe
     assert all(torch.equal(a[k], b[k]) for k in a)
     r = run_train(["--resume", out, "--epochs", "3"])
     assert r.exit_code == 2 and "cosine schedule" in r.stderr
+
+
+def test_training_windows_pickle_for_spawned_loader_workers(tmp_path):
+    import pickle
+
+    import soundfile as sf
+
+    from trainer.cache import write_audio
+    from trainer.config import TrainConfig
+    from trainer.loop import make_audio_dataset
+
+    sf.write(tmp_path / "a.wav", speechlike(1.0), SR, subtype="PCM_16")
+    n = write_audio(tmp_path / "a.wav", FeatureConfig(), tmp_path / "a.npy")
+    cfg = TrainConfig(data_dir="d", out="o", recipe="default", augment={"codec_p": 1.0})
+    ds = make_audio_dataset([str(tmp_path / "a.npy")], [n], [1], cfg)
+    pytest.importorskip("torch")
+    again = pickle.loads(pickle.dumps(ds))
+    x, y = again[0]
+    assert tuple(x.shape) == FeatureConfig().input_shape and float(y) == 1.0
+    assert (x.numpy() == ds[0][0].numpy()).all()  # (seed, epoch, index) fixes the window
+
+
+def test_copies_need_bona_fide_training_clips(tmp_path):
+    import io
+
+    from trainer.config import TrainConfig
+    from trainer.prepare import add_copies
+
+    table = pd.DataFrame({"file": ["a.wav", "b.wav"], "speaker": ["s", "t"], "label": [1, 0],
+                          "split": ["train", "test"], "audio": ["x.npy", "y.npy"],
+                          "samples": [1, 1], "copy_of": ["", ""]})
+    cfg = TrainConfig(data_dir="d", out="o", recipe="default",
+                      copy_synthesis={"copies": 1, "vocoders": ["lpc"]},
+                      cache_dir=str(tmp_path))
+    log = io.StringIO()
+    assert add_copies(table, cfg, log).equals(table)
+    assert "no bona fide training clip" in log.getvalue()

@@ -51,14 +51,28 @@ class AugmentConfig:
     time_mask_max: float = 0.1  # of the image width
 
     def __post_init__(self):
+        """Every field checked for type and range (an --augment file or a hand-edited
+        run.json must fail here, in one line, not in a loader worker after the caches
+        are built)."""
+
+        def number(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
         for f in fields(self):
             v = getattr(self, f.name)
             if f.name.endswith("_p") or f.name.endswith("_max"):
-                if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
-                    raise ValueError(f"augment {f.name} must be in [0, 1], got {v!r}")
-            elif isinstance(v, tuple) and v and isinstance(v[0], (int, float)):
-                if len(v) != 2 or not all(math.isfinite(x) for x in v) or v[0] > v[1]:
-                    raise ValueError(f"augment {f.name} must be a range [low, high], got {v!r}")
+                if not (number(v) and 0.0 <= v <= 1.0):
+                    raise ValueError(f"augment {f.name} must be a number in [0, 1], got {v!r}")
+            elif f.name.endswith("_masks"):
+                if not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 16):
+                    raise ValueError(f"augment {f.name} must be an integer in [0, 16], got "
+                                     f"{v!r}")
+            elif f.name in ("codecs", "rawboost"):
+                if not (isinstance(v, tuple) and all(isinstance(x, str) for x in v)):
+                    raise ValueError(f"augment {f.name} must be a list of names, got {v!r}")
+            elif not (isinstance(v, tuple) and len(v) == 2 and all(number(x) for x in v)
+                      and v[0] <= v[1]):
+                raise ValueError(f"augment {f.name} must be a range [low, high], got {v!r}")
         unknown = set(self.codecs) - set(CODECS)
         if unknown:
             raise ValueError(f"augment codecs: unknown {sorted(unknown)}; known: {CODECS}")
@@ -70,12 +84,16 @@ class AugmentConfig:
                              f"{ALGORITHMS}")
         if not 0.0 <= self.codec_level[0] <= self.codec_level[1] <= 1.0:
             raise ValueError(f"augment codec_level must lie in [0, 1], got {self.codec_level}")
+        if not 0.0 < self.reverb_rt60_s[0]:
+            raise ValueError(f"augment reverb_rt60_s must be above 0, got {self.reverb_rt60_s}")
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> AugmentConfig:
+        if not isinstance(d, dict):
+            raise ValueError(f"augment must be a JSON object, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

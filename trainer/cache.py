@@ -145,7 +145,8 @@ def check_audio(audio: np.ndarray, cfg: FeatureConfig) -> None:
 
     level = _Level()
     level.total = int(audio.shape[0])
-    level.peak = float(np.abs(audio).max(initial=0)) / AUDIO_SCALE
+    if audio.size:  # int32: abs(-32768) wraps in int16
+        level.peak = max(-int(audio.min()), int(audio.max())) / AUDIO_SCALE
     level.check(cfg)
 
 
@@ -165,8 +166,11 @@ def write_audio(path: str | os.PathLike, cfg: FeatureConfig, target: Path) -> in
     try:
         with open(raw, "wb") as f:
             for block in decode_blocks(path, cfg.sample_rate):
-                level.see(block)
-                f.write(to_int16(block).tobytes())
+                q = to_int16(block)
+                # The level of what is stored, so a cached file passes or fails the
+                # silence check exactly as when it was first decoded (check_audio).
+                level.see(q.astype(np.float32) / AUDIO_SCALE)
+                f.write(q.tobytes())
         level.check(cfg)
         _npy_from_raw(raw, target, "<i2", (level.total,))
         return level.total
@@ -189,10 +193,15 @@ def load_audio(cache_file: str, start: int = 0, stop: int | None = None) -> np.n
     return np.asarray(arr[start:stop], dtype=np.float32) / AUDIO_SCALE
 
 
-def _copy_one(args: tuple[str, str, int, int, int, str]) -> tuple[str, int]:
+COPY_MAX_S = 30.0  # vocoders work on whole arrays: a copy covers a clip's first 30 s
+
+
+def _copy_one(args: tuple[str, str, int, int, int, str]) -> tuple[str | None, int, str]:
     """Worker: vocode one cached bona fide clip (trainer/vocoders.py) into the copy cache;
-    (cache file, samples). The name carries source, vocoder and seed, so a copy is made
-    once and shared by runs with the same seed."""
+    (cache file or None, samples, error). The name carries source, vocoder and seed, so a
+    copy is made once and shared by runs with the same seed. Only the first COPY_MAX_S
+    seconds are vocoded: training takes 4 s crops, and the vocoders' memory grows with
+    the length (an hour-long clip would need gigabytes)."""
     source, vocoder, seed, index, sample_rate, root = args
     from trainer.vocoders import vocode
 
@@ -200,12 +209,15 @@ def _copy_one(args: tuple[str, str, int, int, int, str]) -> tuple[str, int]:
     target = Path(root) / stem[:2] / f"{stem}-{vocoder}-{seed}-{index}.npy"
     if target.exists():
         try:
-            return str(target), int(np.load(target, mmap_mode="r").shape[0])
+            return str(target), int(np.load(target, mmap_mode="r").shape[0]), ""
         except (OSError, ValueError):
             pass
-    audio = load_audio(source)
+    audio = load_audio(source, 0, int(COPY_MAX_S * sample_rate))
     rng = np.random.default_rng([seed, index, int(stem[:12], 16)])
-    y = vocode(audio, sample_rate, vocoder, rng)
+    try:
+        y = vocode(audio, sample_rate, vocoder, rng)
+    except Exception as e:  # noqa: BLE001 - one clip's copy, not the whole run
+        return None, 0, f"{vocoder}: {type(e).__name__}: {e}"
     # Pulse excitation can put peaks at several times the input's; int16 would clip them,
     # and clipping only the spoofs would be a cue. The level is no cue either way (features
     # are relative to each window's peak), so scale the copy to the source's peak.
@@ -213,16 +225,22 @@ def _copy_one(args: tuple[str, str, int, int, int, str]) -> tuple[str, int]:
     if peak > 0:
         y = y * (max(float(np.abs(audio).max(initial=0)), 1e-4) / peak)
     out = to_int16(y)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
-        np.save(tmp, out, allow_pickle=False)
-    return str(target), int(out.shape[0])
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            np.save(tmp, out, allow_pickle=False)
+    except OSError as e:
+        raise DataError(f"{root}: cannot write the copy-synthesis cache "
+                        f"({e.strerror or e}); free space there or pass another "
+                        "--cache-dir") from e
+    return str(target), int(out.shape[0]), ""
 
 
 def build_copies(jobs: list[tuple[str, str, int, int]], sample_rate: int,
                  cache_root: str | os.PathLike, workers: int, log=sys.stderr
-                 ) -> list[tuple[str, int]]:
-    """Copy-synthesis spoofs for (source cache file, vocoder, seed, index) jobs, in order."""
+                 ) -> list[tuple[str | None, int, str]]:
+    """Copy-synthesis spoofs for (source cache file, vocoder, seed, index) jobs, in order:
+    (cache file or None, samples, error)."""
     root = Path(cache_root) / f"copies-{sample_rate}"
     root.mkdir(parents=True, exist_ok=True)
     args = [(src, voc, seed, i, sample_rate, str(root)) for src, voc, seed, i in jobs]
@@ -232,7 +250,11 @@ def build_copies(jobs: list[tuple[str, str, int, int]], sample_rate: int,
     else:
         with process_pool(workers) as pool:
             out = pool.map(_copy_one, args, chunksize=4)
-    log.write(f"copy synthesis: {len(out)} spoofs in {time.perf_counter() - start:.0f} s\n")
+    failed = [e for _, _, e in out if e]
+    log.write(f"copy synthesis: {len(out) - len(failed)} spoofs in "
+              f"{time.perf_counter() - start:.0f} s"
+              + (f"; {len(failed)} failed and left out, e.g. {failed[0]}" if failed else "")
+              + "\n")
     return out
 
 

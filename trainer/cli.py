@@ -102,13 +102,14 @@ def train(
                                        "(those given replace the recipe's; README lists "
                                        "them), or none."),
     copies: int | None = typer.Option(None, min=0, max=16, help="Copy-synthesis spoofs per "
-                                      "bona fide training clip and epoch (default 1; "
-                                      "original 0)."),
+                                      "bona fide training clip, made once and cached "
+                                      "(default 1; original 0)."),
     vocoders: str | None = typer.Option(None, metavar="A,B", help="Copy-synthesis vocoders "
                                         "(default lpc,phase,channel,sinusoidal)."),
-    workers: int | None = typer.Option(None, min=1, help="Feature-cache worker processes "
-                                       "(default: CPU count, at most 8); data loaders use up "
-                                       "to 4."),
+    workers: int | None = typer.Option(None, min=1, help="Cache worker processes (default: "
+                                       "CPU count, at most 8); on GPU the data loaders use "
+                                       "up to 4 (frozen windows) or all (default recipe), on "
+                                       "CPU 0 or 1."),
     device: Device = typer.Option(Device.auto, help="auto uses CUDA when torch sees it."),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="bf16 autocast and channels_last "
                              "on GPU (ignored on CPU)."),
@@ -289,7 +290,7 @@ def resume_config(ctx: typer.Context, resume: Path, data_dir: Path | None, epoch
     try:
         cfg = TrainConfig.from_dict(state["config"])
         cfg.feature_config  # noqa: B018 - validates the features
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise fail(f"{run_json}: {e}; {RESUME_HINT}") from None
     extend = given(ctx, "epochs") and epochs != cfg.epochs
     if extend and cfg.scheduler in ("cosine", "warmup-cosine"):

@@ -34,49 +34,54 @@ def make_train_dataset(files: list[str], labels: list[int], seed: int):
     return TrainWindows()
 
 
-def make_audio_dataset(files: list[str], samples: list[int], labels: list[int],
-                       cfg: TrainConfig):
+class AudioWindows:
     """Training windows computed on the fly from the audio cache: one random crop of each
     file per epoch (any sample may start it, not just the runtime's 2 s grid), augmented
     on the waveform, turned into the model input by runtime.features (the one
-    definition), masked. Every random choice comes from
-    (seed, epoch, index), so an epoch is reproducible and resumable without loader state,
-    and a DataLoader worker needs nothing from its parent but this object."""
-    import torch
+    definition), masked. Every random choice comes from (seed, epoch, index), so an epoch
+    is reproducible and resumable without loader state. A plain module-level class (a
+    DataLoader needs only __len__ and __getitem__): it pickles, so loader workers can be
+    spawned as well as forked."""
 
-    from runtime.features import pad_to, window_features
-    from trainer.augment import augment_waveform, mask_features
-    from trainer.cache import load_audio
+    def __init__(self, files: list[str], samples: list[int], labels: list[int],
+                 cfg: TrainConfig):
+        self.files, self.samples, self.labels = files, samples, labels
+        self.fcfg = cfg.feature_config
+        self.aug = cfg.augment_config
+        self.seed = cfg.seed
+        self.epoch = 0
 
-    fcfg = cfg.feature_config
-    aug = cfg.augment_config
-    seed = cfg.seed
+    def __len__(self):
+        return len(self.files)
 
-    class AudioWindows(torch.utils.data.Dataset):
-        def __init__(self):
-            self.epoch = 0
+    def __getitem__(self, i):
+        import torch
 
-        def __len__(self):
-            return len(files)
+        from runtime.features import pad_to, window_features
+        from trainer.augment import augment_waveform, mask_features
+        from trainer.cache import load_audio
 
-        def __getitem__(self, i):
-            rng = np.random.default_rng([seed, self.epoch, i, 1])
-            size, n = fcfg.window_samples, samples[i]
-            if size is None:  # whole clip (the original's --whole-clip features)
-                audio = load_audio(files[i])
-            elif n > size:
-                start = int(rng.integers(0, n - size + 1))
-                audio = load_audio(files[i], start, start + size)
-            else:
-                audio = pad_to(load_audio(files[i]), size, fcfg.pad)
-            if aug.active:
-                audio = augment_waveform(audio, fcfg.sample_rate, aug, rng)
-            feat = window_features(audio, fcfg)
-            if aug.active:
-                feat = mask_features(feat, aug, rng)
-            return torch.from_numpy(np.ascontiguousarray(feat)), torch.tensor(float(labels[i]))
+        fcfg, aug = self.fcfg, self.aug
+        rng = np.random.default_rng([self.seed, self.epoch, i, 1])
+        size, n = fcfg.window_samples, self.samples[i]
+        if size is None:  # whole clip (the original's --whole-clip features)
+            audio = load_audio(self.files[i])
+        elif n > size:
+            start = int(rng.integers(0, n - size + 1))
+            audio = load_audio(self.files[i], start, start + size)
+        else:
+            audio = pad_to(load_audio(self.files[i]), size, fcfg.pad)
+        if aug.active:
+            audio = augment_waveform(audio, fcfg.sample_rate, aug, rng)
+        feat = window_features(audio, fcfg)
+        if aug.active:
+            feat = mask_features(feat, aug, rng)
+        return torch.from_numpy(np.ascontiguousarray(feat)), torch.tensor(float(self.labels[i]))
 
-    return AudioWindows()
+
+def make_audio_dataset(files: list[str], samples: list[int], labels: list[int],
+                       cfg: TrainConfig) -> AudioWindows:
+    return AudioWindows(files, samples, labels, cfg)
 
 
 def unwrap(model):
@@ -160,9 +165,11 @@ def pin_determinism(cfg: TrainConfig, dist: Dist) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def recalibrate_batchnorm(model, dataset, cfg: TrainConfig, dist: Dist, epoch: int) -> int:
+def recalibrate_batchnorm(model, dataset, cfg: TrainConfig, dist: Dist, epoch: int,
+                          workers: int = 0) -> int:
     """Precise BatchNorm statistics for the epoch's final weights (trainer/batchnorm.py),
-    from the epoch's own training windows in a fixed order."""
+    from the epoch's own training windows in a fixed order (windows computed on the fly
+    are augmented as in training: the statistics are those the weights were trained on)."""
     import torch
 
     from trainer.batchnorm import average_across_ranks, recalibrate
@@ -177,7 +184,7 @@ def recalibrate_batchnorm(model, dataset, cfg: TrainConfig, dist: Dist, epoch: i
     else:
         sampler = torch.utils.data.RandomSampler(dataset, generator=gen)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
-                                         generator=gen)
+                                         generator=gen, num_workers=workers)
     used = recalibrate(model, (x for x, _ in loader),
                        lambda x: forward_logits(model, x, dist, cfg.amp), cfg.bn_batches)
     average_across_ranks(model, dist)

@@ -15,7 +15,6 @@ from trainer.config import TrainConfig
 from trainer.data import (
     DataError,
     Problem,
-    group_columns,
     hold_out_attack,
     load_meta,
     make_splits,
@@ -110,6 +109,10 @@ def add_copies(table, cfg: TrainConfig, progress):
 
     copy = cfg.copy_config
     bona = table[(table["split"] == "train") & (table["label"] == 0)]
+    if bona.empty:
+        log_line = "copy synthesis: no bona fide training clip to copy; none made\n"
+        progress.write(log_line)
+        return table
     jobs, rows = [], []
     for n, (_, row) in enumerate(bona.iterrows()):
         for k in range(copy.copies):
@@ -124,10 +127,12 @@ def add_copies(table, cfg: TrainConfig, progress):
     extra["file"] = [f"{f}#copy-{v}-{j[3]}" for f, v, j in zip(extra["file"], vocoders, jobs,
                                                                  strict=True)]
     extra["label"] = 1
-    for col in group_columns(table):
-        if col not in ("copy_of",):
-            extra[col] = [f"copy-{v}" for v in vocoders]
+    # The vocoder is the copy's attack (its name is in `file` too, for a meta.csv without
+    # an attack column); its other groups (language, ...) are its source's.
+    if "attack" in table.columns:
+        extra["attack"] = [f"copy-{v}" for v in vocoders]
     extra["audio"] = [m[0] for m in made]
     extra["samples"] = [m[1] for m in made]
     extra["cache"], extra["windows"] = "", 0
+    extra = extra[extra["audio"].notna()]
     return pd.concat([table, extra], ignore_index=True)

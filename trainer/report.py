@@ -61,10 +61,7 @@ def report(run: RunState, scores: dict[str, np.ndarray]) -> None:
         threshold=threshold,
         threshold_source=source, aggregation=cfg.aggregation, calibration=calibration,
         metrics={
-            "data": {name: {"files": int(len(part)), "bona_fide": int((part["label"] == 0).sum()),
-                            "spoof": int((part["label"] == 1).sum()),
-                            "speakers": int(part["speaker"].nunique())}
-                     for name, part in run.splits.items()},
+            "data": data_counts(run.splits),
             "recipe": recipe_record(cfg),
             "test": test_summary, "val": val_summary, "test_groups": groups,
             "split": cfg.split if not cfg.splits_file else f"file:{cfg.splits_file}",
@@ -78,6 +75,20 @@ def report(run: RunState, scores: dict[str, np.ndarray]) -> None:
     set_status(out, cfg, "done")
     run.log.result(format_summary(out, cfg, best, threshold, source, test_summary, groups,
                                   calibration))
+
+
+def data_counts(splits: dict) -> dict:
+    """Files per split as meta.csv has them; copy-synthesis spoofs counted apart."""
+    out = {}
+    for name, part in splits.items():
+        copies = part["copy_of"].astype(str) != "" if "copy_of" in part else None
+        real = part[~copies] if copies is not None else part
+        out[name] = {"files": int(len(real)), "bona_fide": int((real["label"] == 0).sum()),
+                     "spoof": int((real["label"] == 1).sum()),
+                     "speakers": int(real["speaker"].nunique())}
+        if copies is not None and copies.any():
+            out[name]["copy_synthesis_spoofs"] = int(copies.sum())
+    return out
 
 
 def recipe_record(cfg) -> dict:

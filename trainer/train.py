@@ -154,7 +154,7 @@ def _run(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log) -> int
             step_scheduler)
         if epoch_scheduler is not None:
             epoch_scheduler.step()
-        recalibrate_batchnorm(model, dataset, cfg, dist, epoch)
+        recalibrate_batchnorm(model, dataset, cfg, dist, epoch, loader_workers)
         record = _validate(state, epoch, t0, train_time, loss_sum, correct, seen, lr)
         if dist.main:
             if record["best"]:
