@@ -169,17 +169,24 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float,
                    fmax: float | None) -> np.ndarray:
     """(n_mels, n_fft // 2 + 1) float32: librosa.filters.mel(htk=False, norm="slaney")."""
     fmax = sample_rate / 2 if fmax is None else fmax
-    fft_hz = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
     mel_hz = _mel_to_hz(np.linspace(_hz_to_mel(np.array([fmin]))[0],
                                     _hz_to_mel(np.array([fmax]))[0], n_mels + 2))
-    fdiff = np.diff(mel_hz)
-    ramps = np.subtract.outer(mel_hz, fft_hz)
-    weights = np.zeros((n_mels, fft_hz.size), dtype=np.float32)
-    for i in range(n_mels):
+    return _triangles(mel_hz, np.fft.rfftfreq(n_fft, 1.0 / sample_rate))
+
+
+def _triangles(edges_hz: np.ndarray, fft_hz: np.ndarray) -> np.ndarray:
+    """(len(edges) - 2, bins) float32: band i rises from edges[i] to edges[i+1] and falls
+    to edges[i+2], scaled to unit area (librosa's Slaney norm), as librosa.filters.mel
+    computes it."""
+    n = len(edges_hz) - 2
+    fdiff = np.diff(edges_hz)
+    ramps = np.subtract.outer(edges_hz, fft_hz)
+    weights = np.zeros((n, fft_hz.size), dtype=np.float32)
+    for i in range(n):
         lower = -ramps[i] / fdiff[i]
         upper = ramps[i + 2] / fdiff[i + 1]
         weights[i] = np.maximum(0, np.minimum(lower, upper))
-    weights *= (2.0 / (mel_hz[2: n_mels + 2] - mel_hz[:n_mels]))[:, None]
+    weights *= (2.0 / (edges_hz[2: n + 2] - edges_hz[:n]))[:, None]
     return weights
 
 
@@ -190,17 +197,8 @@ def linear_filterbank(sample_rate: int, n_fft: int, n_bands: int, fmin: float,
     of unit area (as the Slaney norm of the mel bank), so the two scales differ only in
     where their bands lie."""
     fmax = sample_rate / 2 if fmax is None else fmax
-    fft_hz = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
-    edges = np.linspace(fmin, fmax, n_bands + 2)
-    fdiff = np.diff(edges)
-    ramps = np.subtract.outer(edges, fft_hz)
-    weights = np.zeros((n_bands, fft_hz.size), dtype=np.float32)
-    for i in range(n_bands):
-        lower = -ramps[i] / fdiff[i]
-        upper = ramps[i + 2] / fdiff[i + 1]
-        weights[i] = np.maximum(0, np.minimum(lower, upper))
-    weights *= (2.0 / (edges[2: n_bands + 2] - edges[:n_bands]))[:, None]
-    return weights
+    return _triangles(np.linspace(fmin, fmax, n_bands + 2),
+                      np.fft.rfftfreq(n_fft, 1.0 / sample_rate))
 
 
 def filterbank(cfg: FeatureConfig) -> np.ndarray:
