@@ -6,9 +6,9 @@ workers, and the median cost of each augmentation and vocoder on one 4 s window.
 The loader rates time a full pass of a torch DataLoader (batch 32) over --files training
 items, as dfa-train builds them: the original recipe's frozen windows (a memory-mapped
 read), and the default recipe's random crops of cached audio with features computed on the
-fly, without and with augmentation. A GPU trains the edge preset at thousands of windows/s
+fly, without and with augmentation A GPU trains the edge preset at thousands of windows/s
 and res2net50 at hundreds (BENCHMARKS.md): the loader must keep up with that. With no
---data, synthetic 2-6 s clips are used.
+--data, bench_edge.py's synthetic 1.5-4 s speech-like clips are used.
 """
 
 from __future__ import annotations
@@ -38,18 +38,9 @@ def clips(data: str | None, files: int, tmp: Path) -> list[str]:
         with open(Path(data) / "meta.csv", newline="") as f:
             rows = list(csv.DictReader(f))
         return [str(Path(data) / r["file"]) for r in rows[:files]]
-    import soundfile as sf
+    from bench.bench_edge import make_clips
 
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(files):
-        n = int(rng.uniform(2, 6) * 16000)
-        t = np.arange(n) / 16000
-        x = 0.2 * np.sin(2 * np.pi * rng.uniform(100, 250) * t) + 0.01 * rng.standard_normal(n)
-        p = tmp / f"{i}.wav"
-        sf.write(p, x.astype(np.float32), 16000, subtype="PCM_16")
-        out.append(str(p))
-    return out
+    return make_clips(tmp / "clips", files)
 
 
 def loader_rate(dataset, workers: int, batch: int = 32) -> float:
@@ -109,7 +100,7 @@ def main() -> None:
     from trainer.augment import AugmentConfig
     from trainer.cache import build_cache
     from trainer.config import TrainConfig
-    from trainer.loop import make_audio_dataset, make_train_dataset
+    from trainer.loop import AudioWindows, make_train_dataset
 
     torch.set_num_threads(1)
     fcfg = FeatureConfig()
@@ -125,8 +116,8 @@ def main() -> None:
 
         def from_audio(augment):
             cfg = TrainConfig(data_dir="-", out="-", recipe="default", augment=augment)
-            return make_audio_dataset([audio[p][0] for p in ok],
-                                      [audio[p][1] for p in ok], labels, cfg)
+            return AudioWindows([audio[p][0] for p in ok], [audio[p][1] for p in ok], labels,
+                                cfg)
 
         sets = [("original: frozen windows", frozen),
                 ("default, no augmentation", from_audio(None)),

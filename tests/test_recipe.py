@@ -383,12 +383,12 @@ def test_training_windows_pickle_for_spawned_loader_workers(tmp_path):
 
     from trainer.cache import write_audio
     from trainer.config import TrainConfig
-    from trainer.loop import make_audio_dataset
+    from trainer.loop import AudioWindows
 
     sf.write(tmp_path / "a.wav", speechlike(1.0), SR, subtype="PCM_16")
     n = write_audio(tmp_path / "a.wav", FeatureConfig(), tmp_path / "a.npy")
     cfg = TrainConfig(data_dir="d", out="o", recipe="default", augment={"codec_p": 1.0})
-    ds = make_audio_dataset([str(tmp_path / "a.npy")], [n], [1], cfg)
+    ds = AudioWindows([str(tmp_path / "a.npy")], [n], [1], cfg)
     pytest.importorskip("torch")
     again = pickle.loads(pickle.dumps(ds))
     x, y = again[0]

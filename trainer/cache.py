@@ -64,35 +64,49 @@ def cache_dir_for(root: str | os.PathLike, cfg: FeatureConfig) -> Path:
     return d
 
 
-def _cache_one(args: tuple[str, str, str]) -> tuple[str, str | None, int, str | None]:
-    """Worker: (path, cache file or None, windows, error). Runs in a worker process."""
-    path, cfg_json, cache_root = args
+def _cache_file(path: str, cache_root: str, what: str, reuse, write
+                ) -> tuple[str, str | None, int, str | None]:
+    """One file into a content-keyed cache: (path, cache file or None, count, error).
+    An entry already there is reused (reuse(target) -> count; a damaged one is written
+    again); otherwise write(target) -> count. An AudioError from either is the file's
+    error; a cache that cannot be written stops the build."""
     from runtime.audio import AudioError
-    from runtime.config import FeatureConfig
 
     try:
         key = content_key(path)
     except OSError as e:
         return path, None, 0, f"cannot read ({e.strerror})"
     target = Path(cache_root) / key[:2] / f"{key}.npy"
-    if target.exists():
-        try:
-            return path, str(target), int(np.load(target, mmap_mode="r").shape[0]), None
-        except (OSError, ValueError):
-            pass  # a damaged cache entry: compute it again
     try:
+        if target.exists():
+            try:
+                return path, str(target), reuse(target), None
+            except (OSError, ValueError):
+                pass  # a damaged cache entry: compute it again
         target.parent.mkdir(parents=True, exist_ok=True)
-        windows = write_features(path, FeatureConfig.from_json(cfg_json), target)
+        count = write(target)
     except AudioError as e:
         return path, None, 0, str(e)
     except OSError as e:
         # The audio was read (decoding problems are AudioError): the cache cannot be
         # written. That stops the build; it is no reason to leave the file out.
-        raise DataError(f"{cache_root}: cannot write the feature cache ({e.strerror or e}); "
+        raise DataError(f"{cache_root}: cannot write the {what} cache ({e.strerror or e}); "
                         "free space there or pass another --cache-dir") from e
     except Exception as e:  # noqa: BLE001 - report, do not kill the whole build
-        return path, None, 0, f"feature extraction failed ({type(e).__name__}: {e})"
-    return path, str(target), windows, None
+        failed = "feature extraction" if what == "feature" else "decoding"
+        return path, None, 0, f"{failed} failed ({type(e).__name__}: {e})"
+    return path, str(target), count, None
+
+
+def _cache_one(args: tuple[str, str, str]) -> tuple[str, str | None, int, str | None]:
+    """Worker: a file's feature windows; (path, cache file or None, windows, error)."""
+    path, cfg_json, cache_root = args
+    from runtime.config import FeatureConfig
+
+    cfg = FeatureConfig.from_json(cfg_json)
+    return _cache_file(path, cache_root, "feature",
+                       lambda t: int(np.load(t, mmap_mode="r").shape[0]),
+                       lambda t: write_features(path, cfg, t))
 
 
 AUDIO_SCALE = 32768.0  # int16 <-> float as libsndfile's PCM_16: a 16-bit file is exact
@@ -108,34 +122,17 @@ def _cache_audio_one(args: tuple[str, str, str]) -> tuple[str, str | None, int, 
     """Worker: (path, cache file or None, samples, error); the file's audio must pass the
     runtime's end-of-file checks for `cfg_json` (too short, silent)."""
     path, cfg_json, cache_root = args
-    from runtime.audio import AudioError
     from runtime.config import FeatureConfig
 
     cfg = FeatureConfig.from_json(cfg_json)
-    try:
-        key = content_key(path)
-    except OSError as e:
-        return path, None, 0, f"cannot read ({e.strerror})"
-    target = Path(cache_root) / key[:2] / f"{key}.npy"
-    try:
-        if target.exists():
-            try:
-                audio = np.load(target, mmap_mode="r")
-            except (OSError, ValueError):
-                audio = None  # a damaged cache entry: decode it again
-            if audio is not None:
-                check_audio(audio, cfg)
-                return path, str(target), int(audio.shape[0]), None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        samples = write_audio(path, cfg, target)
-    except AudioError as e:
-        return path, None, 0, str(e)
-    except OSError as e:
-        raise DataError(f"{cache_root}: cannot write the audio cache ({e.strerror or e}); "
-                        "free space there or pass another --cache-dir") from e
-    except Exception as e:  # noqa: BLE001 - report, do not kill the whole build
-        return path, None, 0, f"decoding failed ({type(e).__name__}: {e})"
-    return path, str(target), samples, None
+
+    def reuse(target: Path) -> int:
+        audio = np.load(target, mmap_mode="r")
+        check_audio(audio, cfg)
+        return int(audio.shape[0])
+
+    return _cache_file(path, cache_root, "audio", reuse,
+                       lambda t: write_audio(path, cfg, t))
 
 
 def check_audio(audio: np.ndarray, cfg: FeatureConfig) -> None:

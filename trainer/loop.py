@@ -79,11 +79,6 @@ class AudioWindows:
         return torch.from_numpy(np.ascontiguousarray(feat)), torch.tensor(float(self.labels[i]))
 
 
-def make_audio_dataset(files: list[str], samples: list[int], labels: list[int],
-                       cfg: TrainConfig) -> AudioWindows:
-    return AudioWindows(files, samples, labels, cfg)
-
-
 def unwrap(model):
     return getattr(model, "module", model)
 

@@ -16,10 +16,10 @@ from trainer.data import DataError
 from trainer.distributed import Dist
 from trainer.log import Log
 from trainer.loop import (
+    AudioWindows,
     balanced_bce,
     build_optimizer,
     epoch_loader,
-    make_audio_dataset,
     make_train_dataset,
     pin_determinism,
     recalibrate_batchnorm,
@@ -107,8 +107,8 @@ def _run(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log) -> int
     state.model = model
     labels = train["label"].astype(int).tolist()
     if cfg.from_audio:
-        dataset = make_audio_dataset(train["audio"].tolist(),
-                                     train["samples"].astype(int).tolist(), labels, cfg)
+        dataset = AudioWindows(train["audio"].tolist(),
+                               train["samples"].astype(int).tolist(), labels, cfg)
     else:
         dataset = make_train_dataset(train["cache"].tolist(), labels, cfg.seed)
     steps = -(-len(dataset) // (cfg.batch_size * dist.world))
