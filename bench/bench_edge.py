@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine, run_measured  # noqa: E402
 
 
-def build_models(tmp: Path, calib_paths: list[str]) -> dict[str, Path]:
+def build_models(tmp: Path, calib_paths: list[str],
+                 presets: tuple[str, ...] = ("edge", "res2net50")) -> dict[str, Path]:
     import torch
 
     from export.onnx import to_onnx
@@ -50,7 +51,7 @@ def build_models(tmp: Path, calib_paths: list[str]) -> dict[str, Path]:
     cfg = FeatureConfig()
     calib = np.concatenate([file_features(p, cfg).features for p in calib_paths])
     out = {}
-    for preset in ("edge", "res2net50"):
+    for preset in presets:
         arch, kwargs = resolve_arch(preset)
         torch.manual_seed(0)
         model = create_model(arch, kwargs).eval()

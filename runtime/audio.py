@@ -126,45 +126,68 @@ def _mono_blocks(blocks: Iterator[np.ndarray], rate: int, declared: int,
                  sample_rate: int) -> Iterator[np.ndarray]:
     """(frames, channels) blocks at `rate` -> checked mono float32 blocks at `sample_rate`;
     `declared`: the frame count a header promised (0: unknown), for the truncation check."""
-    resampler = None
-    if rate != sample_rate:
-        import soxr
-
-        resampler = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ")
-    read = 0
+    stream = MonoStream(rate, sample_rate)
     for block in blocks:
+        mono = stream.push(block)
+        if mono.size:
+            yield mono
+    if declared and stream.read < declared * (1 - _TRUNCATION_TOLERANCE):
+        raise AudioError(
+            f"truncated: the header declares {declared / rate:.2f} s but only "
+            f"{stream.read / rate:.2f} s decode; re-export or re-download the file"
+        )
+    tail = stream.end()
+    if tail.size:
+        yield tail
+
+
+class MonoStream:
+    """Checks (finite, within MAX_ABS_SAMPLE), mixes to mono and resamples blocks of
+    (frames, channels) float32 samples at `rate` as they come: what files, arrays and live
+    streams all go through, so the same samples give the same blocks whatever their
+    chunking (soxr's stream equals its one-shot resample)."""
+
+    def __init__(self, rate: int, sample_rate: int):
+        self.rate = rate
+        self.read = 0  # frames pushed so far, at `rate`
+        self.resampler = None
+        if rate != sample_rate:
+            import soxr
+
+            self.resampler = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32",
+                                                 quality="HQ")
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        """Mono float32 samples at the target rate for `block` (possibly none yet)."""
+        rate = self.rate
         if block.size == 0:
-            continue
+            return np.zeros(0, dtype=np.float32)
         if not np.isfinite(block).all():
             bad = int(np.argmax(~np.isfinite(block).all(axis=1)))
             raise AudioError(
-                f"NaN or infinite sample at {(read + bad) / rate:.2f} s; the file is corrupt, "
-                "re-export it"
+                f"NaN or infinite sample at {(self.read + bad) / rate:.2f} s; the file is "
+                "corrupt, re-export it"
             )
         peak = float(np.abs(block).max())
         if peak > MAX_ABS_SAMPLE:
             bad = int(np.argmax((np.abs(block) > MAX_ABS_SAMPLE).any(axis=1)))
             raise AudioError(
-                f"sample value {peak:.3g} at {(read + bad) / rate:.2f} s is far beyond full "
-                f"scale (limit +-{MAX_ABS_SAMPLE:g}); the file is corrupt or mis-scaled: "
-                "re-export it normalised to [-1, 1]"
+                f"sample value {peak:.3g} at {(self.read + bad) / rate:.2f} s is far beyond "
+                f"full scale (limit +-{MAX_ABS_SAMPLE:g}); the file is corrupt or "
+                "mis-scaled: re-export it normalised to [-1, 1]"
             )
-        read += block.shape[0]
+        self.read += block.shape[0]
         mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
         mono = np.ascontiguousarray(mono, dtype=np.float32)
-        if resampler is not None:
-            mono = resampler.resample_chunk(mono, last=False)
-        if mono.size:
-            yield mono
-    if declared and read < declared * (1 - _TRUNCATION_TOLERANCE):
-        raise AudioError(
-            f"truncated: the header declares {declared / rate:.2f} s but only "
-            f"{read / rate:.2f} s decode; re-export or re-download the file"
-        )
-    if resampler is not None:
-        tail = resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
-        if tail.size:
-            yield tail
+        if self.resampler is not None:
+            mono = self.resampler.resample_chunk(mono, last=False)
+        return mono
+
+    def end(self) -> np.ndarray:
+        """The resampler's last samples (none without resampling)."""
+        if self.resampler is None:
+            return np.zeros(0, dtype=np.float32)
+        return self.resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
 
 
 def _check_file(path: Path) -> tuple[int, bytes]:

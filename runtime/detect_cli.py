@@ -29,6 +29,11 @@ EXIT_CODES_HELP = (
 )
 
 
+class PcmFormat(str, Enum):
+    s16le = "s16le"
+    f32le = "f32le"
+
+
 class Aggregation(str, Enum):
     mean = "mean"
     max = "max"
@@ -100,8 +105,9 @@ def detect(
                                                    "windows: mean (the model's default) or "
                                                    "max (the most suspicious window, for "
                                                    "fakes spliced into real speech)."),
-    fmt: Format = typer.Option(Format.table, "--format", "-f", help="table, json (one JSON "
-                               "object per line and file) or csv."),
+    fmt: Format | None = typer.Option(None, "--format", "-f", help="table (default), json "
+                                      "(one JSON object per line and file) or csv.",
+                                      show_default=False),
     segments: bool = typer.Option(False, "--segments", help="Also print each window's "
                                   "start, end and score."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress on "
@@ -110,6 +116,22 @@ def detect(
     stdin: bool = typer.Option(False, "--stdin", help="Stay running: read paths from "
                                "stdin, one per line, and write one JSON line per result as "
                                "soon as it is scored (start-up is paid once)."),
+    live: bool = typer.Option(False, "--live", help="Score one raw PCM stream (PATH: a "
+                              "file or FIFO, or - for stdin) as it arrives: one JSON line "
+                              "per window as soon as the window is complete, then the "
+                              "stream's result at end of stream. The same windows and "
+                              "scores as the same audio scored as a file."),
+    pcm_format: PcmFormat = typer.Option(PcmFormat.s16le, "--pcm-format", help="With "
+                                         "--live: the stream's samples, 16-bit integer or "
+                                         "32-bit float, little-endian, interleaved."),
+    rate: int | None = typer.Option(None, min=1000, max=768000, help="With --live: the "
+                                    "stream's sample rate in Hz (default: the model's; "
+                                    "other rates are resampled as files are)."),
+    channels: int = typer.Option(1, min=1, max=64, help="With --live: interleaved channels "
+                                 "(averaged to mono, as for files)."),
+    summary_every: float | None = typer.Option(None, min=0.1, help="With --live: also a "
+                                               "running verdict line every this many "
+                                               "seconds of audio."),
     debug: bool = DEBUG_OPTION,
     version: bool = VERSION_OPTION,
 ) -> None:
@@ -117,9 +139,20 @@ def detect(
 
     if stdin and paths:
         raise fail("give PATHs or --stdin, not both")
+    if live and (stdin or len(paths or []) != 1):
+        raise fail("--live reads one stream: give one PATH (a file or FIFO of raw PCM, or - "
+                   "for stdin), without --stdin")
+    if not live and (rate is not None or channels != 1 or summary_every is not None
+                     or pcm_format is not PcmFormat.s16le):
+        raise fail("--rate, --channels, --pcm-format and --summary-every describe a --live "
+                   "stream; add --live or leave them out")
+    if live and (fmt not in (None, Format.json) or segments):
+        raise fail("--live writes JSON lines, one per window; leave out --format and "
+                   "--segments")
     if not stdin and not paths:
         raise fail("missing PATH...: give audio files or directories, or "
                    "--stdin; see --help")
+    fmt = fmt or Format.table
 
     if prior is None and (cost_false_spoof != 1.0 or cost_missed_spoof != 1.0):
         raise fail("--cost-false-spoof and --cost-missed-spoof need --prior")
@@ -137,6 +170,16 @@ def detect(
         typer.echo(f"dfa-detect: note: --prior {prior:g}: spoof when P(spoof) >= "
                    f"{detector.threshold:.4f} (the model's own threshold is "
                    f"{detector.metadata.threshold:.4f})", err=True)
+
+    if live:
+        from runtime.live import serve_live
+
+        result = serve_live(detector, str(paths[0]), pcm_format=pcm_format.value,
+                            channels=channels, rate=rate, summary_every=summary_every, llr=llr)
+        if not result.ok:
+            typer.echo(f"dfa-detect: {result.path}: {result.error}", err=True)
+            raise typer.Exit(EXIT_FAILED)
+        return
 
     if stdin:
         failed = serve_stdin(detector, Writer(Format.json, segments, llr=llr), debug)

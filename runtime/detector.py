@@ -175,6 +175,14 @@ class Detector:
         a file with the same samples would be."""
         return self.score_file(AudioArray(samples, sample_rate, name))
 
+    def stream(self, rate: int | None = None, name: str = "<stream>"):
+        """A LiveStream (runtime.live): feed it blocks of samples at `rate` Hz (default: the
+        model's) as they arrive; each feed returns the windows it completed, scored, and
+        close() gives the FileResult a file of the same samples would."""
+        from runtime.live import LiveStream
+
+        return LiveStream(self, rate=rate, name=name)
+
     def score_folder(self, folder: str | os.PathLike) -> Iterator[FileResult]:
         """Every audio file under `folder` (recursively, sorted by path) as dfa-detect
         scores a folder; a folder without audio, or a subfolder that cannot be listed, is

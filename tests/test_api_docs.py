@@ -39,12 +39,18 @@ def test_the_readme_python_example_runs(tmp_path):
     assert lines[0] == "probe 0.5 default 16000"
     assert re.fullmatch(r"clip\.wav: P\(spoof\) 0\.\d{3} -> (spoof|bona-fide) \(6\.0 s\)",
                         lines[1])
-    windows = [x for x in lines if x.startswith("  ")]
+    windows = [x for x in lines if x.startswith("  ") and not x.startswith("  live")]
     assert [w.split()[0] for w in windows] == ["0.0-4.0", "2.0-6.0"]
     folder = [x for x in lines if x.startswith(str(Path("recordings")))]
     assert folder[0].startswith("recordings/a.wav bona-fide")  # the probe calls tones real
     assert folder[1].startswith("recordings/day2/b.flac ")
     assert folder[2].startswith("recordings/day2/c.wav error: ")
-    assert "'path': 'clip.wav'" in lines[-2] and "'error': None" in lines[-2]
-    assert "'path': 'missing.wav'" in lines[-1]
-    assert "'error': 'no such file; check the path'" in lines[-1]
+    assert "'path': 'clip.wav'" in lines[-5] and "'error': None" in lines[-5]
+    assert "'path': 'missing.wav'" in lines[-4]
+    assert "'error': 'no such file; check the path'" in lines[-4]
+    # The stream gives the file's windows, with the file's scores, as blocks arrive, and
+    # its running verdict is their mean.
+    live = [x.split() for x in lines[-3:-1]]
+    assert [w[0] for w in live] == ["live"] * 2
+    assert [w[1:] for w in live] == [w.split() for w in windows]
+    assert abs(float(lines[-1]) - sum(float(w[3]) for w in live) / 2) < 1e-3
