@@ -1,14 +1,16 @@
-"""Edge speed, in one run: cold start, folder throughput against the model-only ceiling,
-the stdin mode's per-file latency, memory on a one-hour file, and threads x batch.
+"""Edge speed, in one run: cold start, folder throughput against the CPU bound, the stdin
+mode's per-file latency, memory on a one-hour file, and threads x batch.
 
-    .venv/bin/python bench/bench_edge.py [--files 500] [--hour] [--repeat 5]
+    .venv/bin/python bench/bench_edge.py [--files 500] [--hour] [--repeat 5] [--only folder]
 
 Models are freshly initialised Res2Nets exported as dfa-export does (the edge preset as
-int8, res2net50 as fp32); weights do not change speed. Cold start runs `dfa-detect` in a
-fresh process on one 4 s clip (median wall time and peak RSS of --repeat runs). Folder
-throughput scores --files clips in one process with Detector.score (decode and features
-in the producer thread, onnxruntime in the caller) and compares windows/s with
-onnxruntime alone on the same windows at the same batch and threads.
+int8, res2net50 as fp32 and int8); weights do not change speed. Cold start runs
+`dfa-detect` in a fresh process on one 4 s clip (median wall time and peak RSS of --repeat
+runs). Folder throughput scores --files clips in one process with Detector.score and
+compares windows/s with the CPU bound: cores / (feature CPU time + model CPU time) per
+window, each measured alone on one thread (decode + windows + features of the same files;
+onnxruntime with one thread at the default batch). --only folder runs that table alone
+(also against an older checkout: PYTHONPATH=that checkout).
 """
 
 from __future__ import annotations
@@ -83,18 +85,55 @@ def make_clips(folder: Path, n: int, distinct: int = 50) -> list[str]:
     return paths
 
 
-def model_only(model: Path, windows: np.ndarray, batch: int | None,
-               threads: int | None) -> float:
-    """windows/s of onnxruntime alone on precomputed windows (same session settings)."""
-    from runtime.detector import Detector
+def feature_cpu_ms(paths: list[str]) -> float:
+    """CPU ms per window of decoding, windowing and features, on this thread alone."""
+    from runtime.config import FeatureConfig
+    from runtime.features import iter_windows, window_features
 
-    det = Detector(model, device="cpu", threads=threads, batch_size=batch)
-    batch = det.batch_size
+    cfg = FeatureConfig()
+    n, t = 0, time.process_time()
+    for p in paths:
+        for w in iter_windows(p, cfg):
+            window_features(w.audio, cfg)
+            n += 1
+    return (time.process_time() - t) * 1000 / n
+
+
+def model_cpu_ms(model: Path, windows: np.ndarray, batch: int | None = None) -> float:
+    """CPU ms per window of onnxruntime with one thread (default: at the default batch)."""
+    from runtime.detector import DEFAULT_BATCH_CPU, Detector
+
+    batch = batch or DEFAULT_BATCH_CPU
+    det = Detector(model, device="cpu", threads=1)
     det.predict(windows[:batch])
-    t = time.perf_counter()
+    t = time.process_time()
     for i in range(0, len(windows), batch):
         det.predict(windows[i: i + batch])
-    return len(windows) / (time.perf_counter() - t)
+    return (time.process_time() - t) * 1000 / len(windows)
+
+
+def folder_table(models: dict[str, Path], paths: list[str], windows: np.ndarray,
+                 f: float) -> None:
+    import statistics as st
+
+    from runtime.detector import DEFAULT_BATCH_CPU
+
+    cores = os.cpu_count() or 1
+    print(f"\n## Folder: {len(paths)} files with dfa-detect's defaults (batch "
+          f"{DEFAULT_BATCH_CPU}, threads = {cores} cores) against the CPU bound\n")
+    print("bound = cores / (feature CPU ms + model CPU ms) per window, each measured alone "
+          "on one thread; pipeline = median of 3 runs.\n")
+    print("| model | feature CPU ms | model CPU ms | bound windows/s | pipeline windows/s "
+          "| pipeline / bound | windows |")
+    print("|---|---|---|---|---|---|---|")
+    for name in ("edge int8", "res2net50 int8", "res2net50 fp32"):
+        files = paths if "int8" in name else paths[:100]
+        m = model_cpu_ms(models[name], windows[:64] if "fp32" in name else windows)
+        bound = cores * 1000 / (f + m)
+        runs = [pipeline(models[name], files, None, None) for _ in range(3)]
+        rate, n = st.median(r[0] for r in runs), runs[0][1]
+        print(f"| {name} | {f:.2f} | {m:.2f} | {bound:.1f} | {rate:.1f} | {rate / bound:.2f} "
+              f"| {n} |", flush=True)
 
 
 def pipeline(model: Path, paths: list[str], batch: int | None,
@@ -150,6 +189,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=500)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--hour", action="store_true")
+    ap.add_argument("--only", choices=["folder"], help="run that table alone")
     args = ap.parse_args()
     exe = str(Path(sys.executable).with_name("dfa-detect"))
     from runtime.config import FeatureConfig
@@ -162,6 +202,12 @@ def main() -> None:
         one = paths[0]
         cfg = FeatureConfig()
         print(f"# bench_edge ({machine()}), {args.files} files")
+        windows = np.concatenate([file_features(p, cfg).features for p in paths[:50]])
+        windows = np.concatenate([windows] * 4)
+        f = feature_cpu_ms(paths[:200])
+        if args.only == "folder":
+            folder_table(models, paths, windows, f)
+            return
 
         print("\n## Cold start: dfa-detect on one 4 s clip, fresh process "
               f"(median of {args.repeat})\n")
@@ -174,33 +220,23 @@ def main() -> None:
                   f"{statistics.median(r['wall_s'] for r in runs):.2f} | "
                   f"{statistics.median(r['peak_rss_mb'] for r in runs):.0f} |", flush=True)
 
-        windows = np.concatenate([file_features(p, cfg).features for p in paths[:50]])
-        windows = np.concatenate([windows] * 4)
-        print("\n## Threads and batch: model alone vs the whole pipeline (windows/s)\n")
-        print("| model | threads | batch | model alone | pipeline | pipeline / model |")
-        print("|---|---|---|---|---|---|")
+        print("\n## Threads and batch: the pipeline against the bound of its threads "
+              "(windows/s)\n")
+        print("bound = threads / (feature CPU ms + model CPU ms at that batch); "
+              f"feature CPU {f:.2f} ms per window.\n")
+        print("| model | threads | batch | model CPU ms | bound | pipeline | pipeline / bound |")
+        print("|---|---|---|---|---|---|---|")
         cores = os.cpu_count() or 1
         for name in ("edge int8", "res2net50 int8"):
-            for threads in sorted({1, cores}):
-                for batch in (1, 4, 16):
-                    ceiling = model_only(models[name], windows, batch, threads)
+            for batch in (1, 4, 16):
+                m = model_cpu_ms(models[name], windows, batch)
+                for threads in sorted({1, cores}):
+                    bound = threads * 1000 / (f + m)
                     rate, _ = pipeline(models[name], paths[:200], batch, threads)
-                    print(f"| {name} | {threads} | {batch} | {ceiling:.1f} | {rate:.1f} | "
-                          f"{rate / ceiling:.2f} |", flush=True)
+                    print(f"| {name} | {threads} | {batch} | {m:.2f} | {bound:.1f} | "
+                          f"{rate:.1f} | {rate / bound:.2f} |", flush=True)
 
-        from runtime.detector import DEFAULT_BATCH_CPU
-        from runtime.session import default_threads
-
-        print(f"\n## Folder: {args.files} files with dfa-detect's defaults (batch "
-              f"{DEFAULT_BATCH_CPU}, {default_threads()} onnxruntime threads)\n")
-        print("| model | model alone windows/s | pipeline windows/s | ratio | windows |")
-        print("|---|---|---|---|---|")
-        for name in ("edge int8", "res2net50 int8", "res2net50 fp32"):
-            ceiling = model_only(models[name], windows[:64], None, None)
-            rate, n = pipeline(models[name], paths if "int8" in name else paths[:100],
-                               None, None)
-            print(f"| {name} | {ceiling:.1f} | {rate:.1f} | {rate / ceiling:.2f} | {n} |",
-                  flush=True)
+        folder_table(models, paths, windows, f)
 
         print("\n## stdin mode: per-file latency (one path written, its line read back)\n")
         print("| model | median ms | p90 ms | files |")

@@ -83,8 +83,9 @@ def detect(
                                help="dfa ONNX model (default: $DFA_MODEL, else ./model.onnx)."),
     device: Device = typer.Option(Device.auto, help="cpu, cuda (fails plainly if onnxruntime "
                                   "cannot run on CUDA) or auto (CUDA when it works)."),
-    threads: int | None = typer.Option(None, min=1, help="onnxruntime intra-op threads "
-                                       "(default on CPU: one per core)."),
+    threads: int | None = typer.Option(None, min=1, help="Scoring threads, each computing "
+                                       "features and running the model on one core "
+                                       "(default: one per core)."),
     threshold: float | None = typer.Option(None, min=0.0, max=1.0, help="Override the "
                                            "model's calibrated decision threshold."),
     prior: float | None = typer.Option(None, min=0.0, max=1.0, help="P(spoof) expected in "

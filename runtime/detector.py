@@ -71,8 +71,10 @@ class Detector:
         self.notes: list[str] = []  # things the user should know (e.g. auto fell back to CPU)
         providers = providers_for(device)
         on_cpu = providers[0] == "CPUExecutionProvider"
-        self.threads = threads or (default_threads() if on_cpu else None)
-        self.session = open_session(self.model_path, providers, self.threads)
+        # Scoring threads ("lanes", see score()); each onnxruntime run takes one core on
+        # CPU, so `threads` lanes keep `threads` cores busy with features and the model.
+        self.lanes = threads or default_threads()
+        self.session = open_session(self.model_path, providers, 1 if on_cpu else None)
         active = self.session.get_providers()
         if providers[0] == "CUDAExecutionProvider" and active[0] != "CUDAExecutionProvider":
             if device == "cuda":
@@ -201,81 +203,95 @@ class Detector:
         """One FileResult per path, in input order; a file that fails gets its error and
         the others go on.
 
-        Decoding and features run in a producer thread while onnxruntime scores the
-        previous batch (both release the GIL), and windows of consecutive files share
-        batches. A FLUSH item in `paths` scores what is pending at once (for callers whose
+        Three stages run at once: a reader thread decodes the files and cuts their windows
+        into batches (windows of consecutive files share batches); `lanes` scoring threads
+        each take a batch, compute its features and run the model on it (onnxruntime with
+        one thread per run on CPU, so the lanes never wait on each other's parallel
+        sections); the caller's thread puts the scores back together in file order. A
+        FLUSH item in `paths` sends the pending partial batch at once (for callers whose
         next path may be slow to come, like a watcher on stdin).
         """
-        events: queue.Queue = queue.Queue(maxsize=max(8, 2 * self.batch_size))
         stop = threading.Event()
-        producer = threading.Thread(target=self._produce, args=(paths, events, stop),
-                                    name="dfa-features", daemon=True)
-        producer.start()
+        work: queue.Queue = queue.Queue(maxsize=2 * self.lanes)
+        events: queue.Queue = queue.Queue(maxsize=64 + 4 * self.lanes)
+        threads = [threading.Thread(target=self._read, args=(paths, work, events, stop),
+                                    name="dfa-reader", daemon=True)]
+        threads += [threading.Thread(target=self._lane, args=(work, events, stop),
+                                     name=f"dfa-lane-{i}", daemon=True)
+                    for i in range(self.lanes)]
+        for t in threads:
+            t.start()
         jobs: deque[_Job] = deque()
-        batch: list[np.ndarray] = []
-        owners: list[tuple[_Job, int, int]] = []
+        done = False
         try:
-            while True:
+            while not (done and not jobs):
                 kind, *item = events.get()
-                if kind == "window":
-                    job, start, end, feats = item
-                    batch.append(feats)
-                    owners.append((job, start, end))
-                    job.outstanding += 1
-                    job.total = max(job.total, end)
-                    if len(batch) < self.batch_size:
-                        continue
-                elif kind == "start":
+                if kind == "start":
                     jobs.append(item[0])
-                    continue
                 elif kind == "end":
                     item[0].read = True
-                elif kind == "failed":  # iterating `paths` itself raised
+                elif kind == "scored":
+                    self._apply(*item)
+                elif kind == "failed":  # iterating `paths`, or a lane, raised
                     raise item[0]
                 elif kind == "done":
-                    break
-                if batch and kind in ("window", "flush"):
-                    self._run(batch, owners)
-                    batch, owners = [], []
+                    done = True
                 yield from self._finished(jobs)
-            if batch:
-                self._run(batch, owners)
-            yield from self._finished(jobs)
         finally:
             stop.set()
-            while producer.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    events.get(timeout=0.05)
-                except queue.Empty:
-                    pass
+            while any(t.is_alive() for t in threads):  # unblock threads waiting to put
+                for q in (events, work):
+                    try:
+                        q.get(timeout=0.02)
+                    except queue.Empty:
+                        pass
 
-    def _produce(self, paths: Iterable, events: queue.Queue, stop: threading.Event) -> None:
-        """Producer thread: paths -> (start, window..., end) events, features computed."""
-        cfg = self.features
+    @staticmethod
+    def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
+        """Put, giving up (False) once the consumer has stopped."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
-        def put(event) -> bool:
-            while not stop.is_set():
-                try:
-                    events.put(event, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
+    def _read(self, paths: Iterable, work: queue.Queue, events: queue.Queue,
+              stop: threading.Event) -> None:
+        """Reader thread: paths -> ("start", job) and ("end", job) events for the consumer,
+        and batches of raw windows (owners, audio) for the lanes."""
+        cfg, put = self.features, self._put
+        batch: list[np.ndarray] = []
+        owners: list[tuple[_Job, int, int]] = []
+
+        def send() -> bool:
+            nonlocal batch, owners
+            if not batch:
+                return True
+            item, batch, owners = (owners, batch), [], []
+            return put(work, item, stop)
 
         try:
             for path in paths:
                 if stop.is_set():
                     return
                 if path is FLUSH:
-                    put(("flush",))
+                    if not send():
+                        return
                     continue
                 job = _Job(path.name if isinstance(path, AudioArray) else str(path))
-                if not put(("start", job)):
+                if not put(events, ("start", job), stop):
                     return
                 try:
                     for w in iter_windows(path, cfg):
-                        if not put(("window", job, w.start, w.end,
-                                    window_features(w.audio, cfg))):
+                        # A view into the windower's buffer, which is replaced, never
+                        # written to, as the file goes on.
+                        batch.append(w.audio)
+                        owners.append((job, w.start, w.end))
+                        job.dispatched += 1
+                        job.total = max(job.total, w.end)
+                        if len(batch) >= self.batch_size and not send():
                             return
                 except AudioError as e:
                     job.error = str(e)
@@ -284,32 +300,64 @@ class Detector:
                 except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
                     job.error = f"internal error ({type(e).__name__}: {e}); rerun with --debug"
                     job.traceback = traceback.format_exc()
-                if not put(("end", job)):
+                if not put(events, ("end", job), stop):
                     return
+            if not send():
+                return
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises
-            put(("failed", e))
+            put(events, ("failed", e), stop)
             return
-        put(("done",))
+        finally:
+            for _ in range(self.lanes):  # the lanes stop after the last batch
+                put(work, None, stop)
+        put(events, ("done",), stop)
 
-    def _run(self, batch: list[np.ndarray], owners: list[tuple[_Job, int, int]]) -> None:
-        sr = self.features.sample_rate
+    def _lane(self, work: queue.Queue, events: queue.Queue, stop: threading.Event) -> None:
+        """Scoring thread: batches of raw windows -> ("scored", owners, scores, failed)."""
+        cfg = self.features
+        while not stop.is_set():
+            try:
+                item = work.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
+            owners, audio = item
+            try:
+                feats = np.stack([window_features(a, cfg) for a in audio])
+                scores, failed = self._predict_batch(feats)
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                self._put(events, ("failed", e), stop)
+                return
+            if not self._put(events, ("scored", owners, scores, failed), stop):
+                return
+
+    def _predict_batch(self, feats: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
+        """Scores of a batch, and {index: reason} for windows that could not be scored."""
         failed: dict[int, str] = {}
         try:
-            scores = self.predict(np.stack(batch))
+            scores = self.predict(feats)
         except InferenceFailed as e:
-            if not self._scored_once:  # the very first batch: the model cannot run here
-                raise
-            # It ran before: a passing failure (memory, a stream running out) must not end
-            # a long run or a watcher. Window by window, and only the files it hits fail.
-            scores = np.full(len(batch), np.nan)
-            for i, window in enumerate(batch):
+            # A passing failure (memory, a stream running out) must not end a long run or
+            # a watcher: window by window, and only the files it hits fail. But a model
+            # that has never scored a window here (in any lane) cannot run here at all.
+            scores = np.full(len(feats), np.nan)
+            for i, window in enumerate(feats):
                 try:
                     scores[i] = self.predict(window[None])[0]
+                    self._scored_once = True
                 except InferenceFailed:
                     failed[i] = str(e).split(": ", 1)[-1]
+            if not self._scored_once:
+                raise
         self._scored_once = True
+        return scores, failed
+
+    def _apply(self, owners: list[tuple[_Job, int, int]], scores: np.ndarray,
+               failed: dict[int, str]) -> None:
+        sr = self.features.sample_rate
         for i, ((job, start, end), p) in enumerate(zip(owners, scores, strict=True)):
-            job.outstanding -= 1
+            job.scored += 1
             if job.error is not None:
                 continue
             if i in failed:
@@ -324,7 +372,8 @@ class Detector:
             job.segments.append(Segment(start / sr, end / sr, float(p)))
 
     def _finished(self, queue: deque[_Job]) -> Iterator[FileResult]:
-        while queue and queue[0].read and (queue[0].error or queue[0].outstanding == 0):
+        while queue and queue[0].read and (queue[0].error or
+                                           queue[0].scored == queue[0].dispatched):
             yield self._result(queue.popleft())
 
     def _result(self, job: _Job) -> FileResult:
@@ -348,7 +397,8 @@ class Detector:
 @dataclass
 class _Job:
     path: str
-    outstanding: int = 0
+    dispatched: int = 0  # windows sent to the lanes (written by the reader only)
+    scored: int = 0  # windows whose scores came back (written by the consumer only)
     read: bool = False
     total: int = 0
     segments: list[Segment] = field(default_factory=list)

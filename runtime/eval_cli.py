@@ -60,7 +60,8 @@ def evaluate_cmd(
                                            "model's threshold."),
     fmt: EvalFormat = typer.Option(EvalFormat.table, "--format", "-f"),
     device: Device = typer.Option(Device.auto),
-    threads: int | None = typer.Option(None, min=1),
+    threads: int | None = typer.Option(None, min=1, help="Scoring threads (default: one "
+                                       "per core)."),
     batch_size: int | None = typer.Option(None, min=1, max=MAX_BATCH),
     progress: bool | None = typer.Option(None, "--progress/--no-progress"),
     allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="Accept "

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -217,16 +218,64 @@ def mel_power(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     librosa.feature.melspectrogram(center=True, pad_mode="constant", window="hann",
     power=2, htk=False, norm="slaney"), without importing librosa (its import and JIT cost
     seconds at start-up). tests/test_features.py proves the two equal."""
-    y = np.ascontiguousarray(audio, dtype=np.float32)
-    pad = cfg.n_fft // 2
-    y = np.pad(y, (pad, pad))
-    frames = np.lib.stride_tricks.sliding_window_view(y, cfg.n_fft)[:: cfg.hop_length]
+    n, hop = cfg.n_fft, cfg.hop_length
+    audio = np.asarray(audio)
+    work = _stft_work(audio.size, n, hop)
+    # center=True, pad_mode="constant": the zeros either side of the audio stay zeros.
+    work.padded[n // 2: n // 2 + audio.size] = audio
+    frames, power, hann = work.frames, work.power, _hann(n)
     # As librosa.stft: the float64 window promotes the frames, the FFT runs in double
     # precision and is stored as complex64; |.|**2 then in float32. Quiet bins far below
     # the peak would otherwise carry a float32 FFT's rounding into their dB values.
-    spectrum = np.fft.rfft(frames * _hann(cfg.n_fft), axis=1).astype(np.complex64)
-    power = np.abs(spectrum) ** 2
+    # _STFT_CHUNK frames at a time, so the work arrays stay in the core's cache.
+    for a in range(0, len(frames), _STFT_CHUNK):
+        b = min(a + _STFT_CHUNK, len(frames))
+        windowed, spectrum32 = work.windowed[: b - a], work.spectrum32[: b - a]
+        np.multiply(frames[a:b], hann, out=windowed)
+        if _RFFT_OUT:
+            spectrum = np.fft.rfft(windowed, axis=1, out=work.spectrum[: b - a])
+        else:  # numpy < 2.0 has no out= for the FFT
+            spectrum = np.fft.rfft(windowed, axis=1)
+        spectrum32[...] = spectrum
+        np.abs(spectrum32, out=power[a:b])
+        np.square(power[a:b], out=power[a:b])
     return filterbank(cfg) @ power.T
+
+
+_STFT_CHUNK = 64
+_RFFT_OUT = int(np.__version__.split(".")[0]) >= 2
+# Per thread (scoring lanes and loader workers compute windows at once): the STFT's work
+# arrays, reused from window to window. Fresh multi-megabyte temporaries for every window
+# cost more in page faults than the FFT itself (BENCHMARKS.md, "Features"). Kept only
+# while small: the whole-clip STFT of a long file is allocated for it alone.
+_work = threading.local()
+_WORK_LIMIT_BYTES = 16 << 20
+
+
+class _StftWork(NamedTuple):
+    padded: np.ndarray  # float32 audio with n_fft // 2 zeros either side
+    frames: np.ndarray  # (frames, n_fft) view into padded
+    windowed: np.ndarray  # (chunk, n_fft) float64
+    spectrum: np.ndarray  # (chunk, bins) complex128
+    spectrum32: np.ndarray  # (chunk, bins) complex64
+    power: np.ndarray  # (frames, bins) float32
+
+
+def _stft_work(samples: int, n_fft: int, hop: int) -> _StftWork:
+    key = (samples, n_fft, hop)
+    cached = getattr(_work, "arrays", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    padded = np.zeros(samples + 2 * (n_fft // 2), dtype=np.float32)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
+    bins, chunk = n_fft // 2 + 1, min(_STFT_CHUNK, len(frames))
+    work = _StftWork(padded, frames, np.empty((chunk, n_fft)),
+                     np.empty((chunk, bins), np.complex128),
+                     np.empty((chunk, bins), np.complex64),
+                     np.empty((len(frames), bins), np.float32))
+    if sum(a.nbytes for a in work if a is not frames) <= _WORK_LIMIT_BYTES:
+        _work.arrays = (key, work)
+    return work
 
 
 def power_to_db(power: np.ndarray, cfg: FeatureConfig) -> np.ndarray:

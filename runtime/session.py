@@ -13,9 +13,9 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def default_threads() -> int:
-    """onnxruntime intra-op threads on CPU: every core. Idle onnxruntime threads do not
-    spin (open_session), so the feature thread still gets its share; measured on 2 cores,
-    2 threads beat 1 for both presets (BENCHMARKS.md)."""
+    """Scoring threads (Detector's lanes): one per core. Each runs features and then the
+    model with one onnxruntime thread, so no core waits on another's share of a parallel
+    section (measured on 2 cores: BENCHMARKS.md, "Edge speed")."""
     return max(1, os.cpu_count() or 1)
 
 

@@ -150,14 +150,21 @@ def test_bench_edge():
     for r in cold:
         for column in ("size MB", "wall s", "peak RSS MB"):
             positive(r[column])
-    sweep = table_with(out, "pipeline / model")
+    sweep = table_with(out, "threads")
     assert len(sweep) == 2 * len({r["threads"] for r in sweep}) * 3
     assert {r["batch"] for r in sweep} == {"1", "4", "16"}
     for r in sweep:
-        model, pipe = positive(r["model alone"]), positive(r["pipeline"])
-        assert float(r["pipeline / model"]) == pytest.approx(pipe / model, abs=0.02)
-    folder = table_with(out, "model alone windows/s")
+        bound, pipe = positive(r["bound"]), positive(r["pipeline"])
+        assert float(r["pipeline / bound"]) == pytest.approx(pipe / bound, abs=0.02)
+        positive(r["model CPU ms"])
+    folder = table_with(out, "bound windows/s")
     assert [r["model"] for r in folder] == ["edge int8", "res2net50 int8", "res2net50 fp32"]
+    for r in folder:
+        f, m = positive(r["feature CPU ms"]), positive(r["model CPU ms"])
+        cores = int(re.search(r"threads = (\d+) cores", out).group(1))
+        assert positive(r["bound windows/s"]) == pytest.approx(cores * 1000 / (f + m), rel=0.05)
+        assert float(r["pipeline / bound"]) == pytest.approx(
+            positive(r["pipeline windows/s"]) / float(r["bound windows/s"]), abs=0.02)
     assert len({r["windows"] for r in folder}) == 1  # the same 6 files for each model
     assert int(folder[0]["windows"]) >= 6
     latency = table_with(out, "median ms")
@@ -165,6 +172,20 @@ def test_bench_edge():
     for r in latency:
         assert positive(r["median ms"]) <= positive(r["p90 ms"])
         assert r["files"] == "1"
+
+
+def test_bench_live():
+    out = bench("bench_live.py", "--seconds", "9", "--speed", "0",
+                wrapper=EDGE_WITH_TINY_MODELS)
+    assert out.startswith("# bench_live (") and "9 s stream" in out
+    (row,) = table_with(out, "window lines")
+    assert row["window lines"] == row["final windows"] == "4"  # 0-4, 2-6, 4-8, 5-9
+    assert row["same windows as the file"] == "True"
+    assert float(row["max score difference"]) < 1e-5
+    assert positive(row["latency median ms"]) <= positive(row["p90 ms"]) <= \
+        positive(row["max ms"])
+    positive(row["CPU s"])
+    positive(row["peak RSS MB"])
 
 
 def test_bench_loader():

@@ -146,13 +146,14 @@ FRESH = textwrap.dedent("""
 
     sys.meta_path.insert(0, Forbid())
     from runtime.detect_cli import main
-    sys.argv = ["dfa-detect", "-f", "json", "-m", sys.argv[1], sys.argv[2]]
+    sys.argv = ["dfa-detect", "-m", *sys.argv[1:]]
     try:
         main()
     except SystemExit as e:
         code = e.code
     heavy = [m for m in ("torch", "timm", "onnx", "torchvision", "librosa", "numba",
-                         "sklearn") if m in sys.modules]
+                         "llvmlite", "scipy", "sklearn", "pandas", "matplotlib")
+             if m in sys.modules]
     print("EXIT", code, "HEAVY", heavy)
 """)
 
@@ -161,11 +162,18 @@ def test_dfa_detect_never_imports_torch_timm_onnx_or_librosa(probe_model, clips)
     # librosa is the features' definition, not their implementation on the hot path: its
     # import (numba, scipy) would cost seconds of start-up.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run([sys.executable, "-c", FRESH, probe_model, clips["noise"]],
-                         capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run([sys.executable, "-c", FRESH, probe_model, "-f", "json",
+                          clips["noise"]], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     result, status = out.stdout.strip().splitlines()
     assert json.loads(result)["label"] == "spoof"
+    assert status == "EXIT 0 HEAVY []"
+    # The live mode too, on a stream that needs resampling (soxr, not scipy).
+    pcm = (af.noise(5.0, sr=8000) * 32767).astype("<i2").tobytes()
+    out = subprocess.run([sys.executable, "-c", FRESH, probe_model, "--live", "-", "--rate",
+                          "8000"], input=pcm, capture_output=True, env=env, timeout=120)
+    *lines, status = out.stdout.decode().strip().splitlines()
+    assert json.loads(lines[-1])["windows"] == 2
     assert status == "EXIT 0 HEAVY []"
 
 

@@ -63,3 +63,43 @@ def test_pip_install_dot_is_torch_free_and_scores_audio(tmp_path):
                             "import importlib.util as u; print(u.find_spec('torch'))"],
                            capture_output=True, text=True, env=env, cwd=tmp_path)
     assert probe.stdout.strip() == "None"
+
+
+# The slim edge install the README documents: dfa without librosa's own dependencies
+# (numba, llvmlite, scipy, scikit-learn), which dfa-detect never imports.
+SLIM_DEPS = ["numpy", "soundfile", "soxr", "onnxruntime", "typer", "audioread"]
+
+
+@pytest.mark.slow
+def test_slim_edge_install_scores_files_and_streams(tmp_path, probe_model):
+    import numpy as np
+    import soundfile as sf
+
+    venv = tmp_path / "slim"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    py = str(venv / "bin" / "python")
+    for args in (["--no-deps", str(ROOT)], SLIM_DEPS):
+        pip = subprocess.run([py, "-m", "pip", "install", "-q", *args], capture_output=True,
+                             text=True, env=env, timeout=900)
+        assert pip.returncode == 0, pip.stderr[-2000:]
+    listed = subprocess.run([py, "-m", "pip", "list", "--format", "json"],
+                            capture_output=True, text=True, env=env)
+    names = {p["name"].lower() for p in json.loads(listed.stdout)}
+    assert not names & {"librosa", "numba", "llvmlite", "scipy", "scikit-learn", "torch"}
+
+    rng = np.random.default_rng(0)
+    noise = 0.1 * rng.standard_normal(5 * 22050)
+    sf.write(tmp_path / "clip.wav", noise, 22050, subtype="PCM_16")  # resampled by soxr
+    det = subprocess.run([str(venv / "bin" / "dfa-detect"), "-m", probe_model, "-f", "json",
+                          str(tmp_path / "clip.wav")], capture_output=True, text=True,
+                         env=env, cwd=tmp_path, timeout=300)
+    assert det.returncode == 0, det.stderr
+    assert json.loads(det.stdout)["windows"] == 2
+    pcm = sf.read(tmp_path / "clip.wav", dtype="int16")[0].astype("<i2").tobytes()
+    live = subprocess.run([str(venv / "bin" / "dfa-detect"), "-m", probe_model, "--live", "-",
+                           "--rate", "22050"], input=pcm, capture_output=True, env=env,
+                          cwd=tmp_path, timeout=300)
+    assert live.returncode == 0, live.stderr
+    final = json.loads(live.stdout.decode().splitlines()[-1])
+    assert final["score"] == json.loads(det.stdout)["score"]

@@ -238,3 +238,35 @@ def test_minmax_and_none_normalisation(clips):
     raw = F.file_features(clips["tone"], FeatureConfig(normalize="none")).features
     # dB relative to the window peak, floored at -top_db (resizing smooths the peak a little)
     assert -3.0 < raw.max() <= 0.0 and raw.min() >= -80.0 - 1e-3
+
+
+def test_features_are_the_same_from_concurrent_threads():
+    """mel_power reuses per-thread work arrays: scoring lanes computing windows at once
+    must each get exactly what one thread alone gets."""
+    import threading
+
+    cfg = FeatureConfig()
+    rng = np.random.default_rng(3)
+    audio = [rng.standard_normal(64000).astype(np.float32) * 0.1 for _ in range(6)]
+    want = [F.window_features(a, cfg) for a in audio]
+    got: dict[int, list] = {}
+
+    def work(k):
+        got[k] = [F.window_features(audio[(i + k) % 6], cfg) for i in range(30)]
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k, out in got.items():
+        for i, feats in enumerate(out):
+            assert np.array_equal(feats, want[(i + k) % 6])
+
+
+def test_stft_work_arrays_are_kept_only_while_small():
+    short = F._stft_work(64000, 1024, 286)
+    assert F._stft_work(64000, 1024, 286) is short  # reused for the next window
+    long = F._stft_work(16000 * 600, 2048, 512)  # a 10-minute whole clip: ~150 MB of work
+    assert F._stft_work(16000 * 600, 2048, 512) is not long
+    assert F._stft_work(64000, 1024, 286) is short

@@ -163,3 +163,36 @@ def test_cuda_runs_on_cuda(probe_model, clips):
     assert det.device == "cuda" and det.providers[0] == "CUDAExecutionProvider"
     cpu = Detector(probe_model, device="cpu").score_file(clips["noise"])
     assert det.score_file(clips["noise"]).score == pytest.approx(cpu.score, abs=1e-5)
+
+
+def test_scoring_lanes_keep_input_order_and_scores(probe_model, clips, tmp_path):
+    """Several lanes score batches at once; results still come in input order, each equal
+    to scoring its file alone, failures included."""
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio" * 50)
+    pool = [clips["long"], clips["tone"], str(bad), clips["noise"]]
+    paths = [pool[i % 4] if i % 7 else clips["long"] for i in range(30)]
+    alone = Detector(probe_model, device="cpu", threads=1, batch_size=1)
+    want = [alone.score_file(p) for p in paths]
+    got = list(Detector(probe_model, device="cpu", threads=3, batch_size=2).score(paths))
+    assert [r.path for r in got] == paths
+    for a, b in zip(want, got, strict=True):
+        assert (a.ok, a.windows, a.error) == (b.ok, b.windows, b.error)
+        assert [s.score for s in a.segments] == pytest.approx([s.score for s in b.segments],
+                                                              abs=1e-6)
+
+
+def test_leaving_a_scoring_loop_early_stops_its_threads(probe_model, clips):
+    import threading
+    import time
+
+    det = Detector(probe_model, device="cpu", threads=2, batch_size=1)
+    results = det.score([clips["long"]] * 40)
+    next(results)
+    results.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(
+            t.name.startswith(("dfa-reader", "dfa-lane")) for t in threading.enumerate()):
+        time.sleep(0.05)
+    assert not [t.name for t in threading.enumerate()
+                if t.name.startswith(("dfa-reader", "dfa-lane"))]
