@@ -118,8 +118,10 @@ def array_blocks(samples, rate: int, sample_rate: int,
                          f"(at least {MIN_SAMPLE_RATE})")
     a = a.reshape(len(a), -1)
     step = max(1, int(rate * block_seconds))
-    yield from _mono_blocks((a[i: i + step] for i in range(0, len(a), step)), int(rate), 0,
-                            sample_rate)
+    # Copies: windows hold on to these blocks while queued for scoring, and a caller may
+    # refill its array for the next clip before they are scored.
+    yield from _mono_blocks((np.array(a[i: i + step]) for i in range(0, len(a), step)),
+                            int(rate), 0, sample_rate)
 
 
 def _mono_blocks(blocks: Iterator[np.ndarray], rate: int, declared: int,

@@ -25,8 +25,9 @@ from runtime.writers import Format, Progress, Writer
 EXIT_CODES_HELP = (
     "Exit codes: 0 every input was scored; 1 at least one input failed (the others are "
     "still scored and printed); 2 usage error or unusable model/device (nothing scored); "
-    "130 interrupted."
+    "130 interrupted; 143 --live stopped by SIGTERM (after its final line)."
 )
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 class PcmFormat(str, Enum):
@@ -173,10 +174,15 @@ def detect(
                    f"{detector.metadata.threshold:.4f})", err=True)
 
     if live:
-        from runtime.live import serve_live
+        from runtime.live import Terminated, serve_live
 
-        result = serve_live(detector, str(paths[0]), pcm_format=pcm_format.value,
-                            channels=channels, rate=rate, summary_every=summary_every, llr=llr)
+        try:
+            result = serve_live(detector, str(paths[0]), pcm_format=pcm_format.value,
+                                channels=channels, rate=rate, summary_every=summary_every,
+                                llr=llr)
+        except Terminated:  # SIGTERM (a service stopping): the final line is out
+            typer.echo("dfa-detect: terminated", err=True)
+            raise typer.Exit(EXIT_TERMINATED) from None
         if not result.ok:
             typer.echo(f"dfa-detect: {result.path}: {result.error}", err=True)
             raise typer.Exit(EXIT_FAILED)

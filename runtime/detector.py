@@ -73,7 +73,10 @@ class Detector:
         on_cpu = providers[0] == "CPUExecutionProvider"
         # Scoring threads ("lanes", see score()); each onnxruntime run takes one core on
         # CPU, so `threads` lanes keep `threads` cores busy with features and the model.
-        self.lanes = threads or default_threads()
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or threads < 1):
+            raise InvalidArgument(f"threads must be a whole number >= 1, got {threads!r}")
+        self.lanes = threads or default_threads(cuda=not on_cpu)
         self.session = open_session(self.model_path, providers, 1 if on_cpu else None)
         active = self.session.get_providers()
         if providers[0] == "CUDAExecutionProvider" and active[0] != "CUDAExecutionProvider":
@@ -323,10 +326,25 @@ class Detector:
             if item is None:
                 return
             owners, audio = item
+            feats, unusable = [], {}
+            for i, a in enumerate(audio):
+                try:
+                    feats.append(window_features(a, cfg))
+                except MemoryError:
+                    unusable[i] = ("out of memory while computing features; free memory or "
+                                   "lower --threads", None)
+                except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
+                    unusable[i] = (f"internal error ({type(e).__name__}: {e}); rerun with "
+                                   "--debug", traceback.format_exc())
+            kept = [i for i in range(len(audio)) if i not in unusable]
+            scores = np.full(len(audio), np.nan)
+            failed = dict(unusable)
             try:
-                feats = np.stack([window_features(a, cfg) for a in audio])
-                scores, failed = self._predict_batch(feats)
-            except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                if kept:
+                    got, bad = self._predict_batch(np.stack(feats))
+                    scores[kept] = got
+                    failed.update({kept[j]: (reason, None) for j, reason in bad.items()})
+            except BaseException as e:  # noqa: BLE001 - the model cannot run: to the consumer
                 self._put(events, ("failed", e), stop)
                 return
             if not self._put(events, ("scored", owners, scores, failed), stop):
@@ -347,22 +365,22 @@ class Detector:
                     scores[i] = self.predict(window[None])[0]
                     self._scored_once = True
                 except InferenceFailed:
-                    failed[i] = str(e).split(": ", 1)[-1]
+                    failed[i] = str(e).split(": ", 1)[-1] + ", also alone"
             if not self._scored_once:
                 raise
         self._scored_once = True
         return scores, failed
 
     def _apply(self, owners: list[tuple[_Job, int, int]], scores: np.ndarray,
-               failed: dict[int, str]) -> None:
+               failed: dict[int, tuple[str, str | None]]) -> None:
         sr = self.features.sample_rate
         for i, ((job, start, end), p) in enumerate(zip(owners, scores, strict=True)):
             job.scored += 1
             if job.error is not None:
                 continue
             if i in failed:
-                job.error = (f"{failed[i]} (window {start / sr:.2f}-{end / sr:.2f} s, also "
-                             "alone)")
+                reason, job.traceback = failed[i]
+                job.error = f"{reason} (window {start / sr:.2f}-{end / sr:.2f} s)"
                 continue
             if not 0.0 <= p <= 1.0:  # NaN fails this too: never a verdict from it
                 job.error = (f"the model gave P(spoof) = {p} for {start / sr:.2f}-{end / sr:.2f} "

@@ -40,7 +40,10 @@ def _save(fig, path: Path) -> None:
 
 def plot_roc_det(path: Path, curves: dict[str, tuple]) -> None:
     """ROC (left) and DET on normal-deviate axes (right) for each named (labels, scores)."""
-    from scipy.stats import norm
+    from statistics import NormalDist
+
+    # The normal deviate from the standard library (the slim edge install has no scipy).
+    probit = np.vectorize(NormalDist().inv_cdf, otypes=[float])
 
     plt = _pyplot()
     fig, (roc, det) = plt.subplots(1, 2, figsize=(10, 4.5))
@@ -51,15 +54,15 @@ def plot_roc_det(path: Path, curves: dict[str, tuple]) -> None:
         auc = M.roc_auc(labels, scores)
         roc.plot(fpr, 1 - fnr, label=f"{name}: AUC {auc:.4f}, EER {100 * rate:.2f}%")
         clip = lambda v: np.clip(v, 1e-4, 1 - 1e-4)  # noqa: E731
-        det.plot(norm.ppf(clip(fpr)), norm.ppf(clip(fnr)), label=f"{name}: EER {100 * rate:.2f}%")
+        det.plot(probit(clip(fpr)), probit(clip(fnr)), label=f"{name}: EER {100 * rate:.2f}%")
     roc.plot([0, 1], [0, 1], ":", color="grey")
     roc.set(xlabel="false alarm rate (bona fide called spoof)",
             ylabel="detection rate (spoof caught)", title="ROC")
-    det.plot(norm.ppf([1e-3, 0.9]), norm.ppf([1e-3, 0.9]), ":", color="grey")
-    det.set_xticks(norm.ppf(ticks), [f"{100 * t:g}%" for t in ticks])
-    det.set_yticks(norm.ppf(ticks), [f"{100 * t:g}%" for t in ticks])
+    det.plot(probit([1e-3, 0.9]), probit([1e-3, 0.9]), ":", color="grey")
+    det.set_xticks(probit(ticks), [f"{100 * t:g}%" for t in ticks])
+    det.set_yticks(probit(ticks), [f"{100 * t:g}%" for t in ticks])
     det.set(xlabel="false alarm rate", ylabel="miss rate (spoof called bona fide)",
-            title="DET", xlim=norm.ppf([5e-4, 0.9]), ylim=norm.ppf([5e-4, 0.9]))
+            title="DET", xlim=probit([5e-4, 0.9]), ylim=probit([5e-4, 0.9]))
     for ax in (roc, det):
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)

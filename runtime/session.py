@@ -12,11 +12,21 @@ from runtime.metadata import ModelMetadata, from_custom_metadata
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def default_threads() -> int:
-    """Scoring threads (Detector's lanes): one per core. Each runs features and then the
+# Scoring threads by default: each holds a batch's activations while it runs, so memory
+# grows with their number. On CUDA they only compute features for the GPU (and share it).
+MAX_DEFAULT_THREADS, MAX_DEFAULT_THREADS_CUDA = 8, 4
+
+
+def default_threads(cuda: bool = False) -> int:
+    """Scoring threads (Detector's lanes): one per core this process may run on, at most
+    MAX_DEFAULT_THREADS (MAX_DEFAULT_THREADS_CUDA on CUDA). Each runs features and then the
     model with one onnxruntime thread, so no core waits on another's share of a parallel
-    section (measured on 2 cores: BENCHMARKS.md, "Edge speed")."""
-    return max(1, os.cpu_count() or 1)
+    section (BENCHMARKS.md, "Edge speed")."""
+    try:
+        cores = len(os.sched_getaffinity(0))  # a container's CPU set, not the host's
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_DEFAULT_THREADS_CUDA if cuda else MAX_DEFAULT_THREADS))
 
 
 class ModelError(DfaError):

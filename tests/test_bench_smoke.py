@@ -158,7 +158,8 @@ def test_bench_edge():
         assert float(r["pipeline / bound"]) == pytest.approx(pipe / bound, abs=0.02)
         positive(r["model CPU ms"])
     folder = table_with(out, "bound windows/s")
-    assert [r["model"] for r in folder] == ["edge int8", "res2net50 int8", "res2net50 fp32"]
+    assert [r["model"] for r in folder] == ["edge int8", "edge 128 rows int8", "res2net50 int8",
+                                           "res2net50 fp32"]
     for r in folder:
         f, m = positive(r["feature CPU ms"]), positive(r["model CPU ms"])
         cores = int(re.search(r"threads = (\d+) cores", out).group(1))

@@ -184,8 +184,13 @@ def test_cli_live_lines_equal_dfa_detect_on_the_file(probe_model, tmp_path):
     assert [{k: w[k] for k in ("start_s", "end_s", "score")} for w in windows] == \
         file_result["segments"]
     summaries = [d for d in lines if d.get("summary")]
-    assert [s["duration_s"] for s in summaries] == [5.0, 10.0]
-    assert [s["windows"] for s in summaries] == [1, 4]
+    assert len(summaries) == 2  # after 5 s and after 10 s of the 11.5 s
+    for mark, s in zip((5.0, 10.0), summaries, strict=True):
+        assert mark <= s["duration_s"] < mark + 1.0  # when the read that passed it ended
+        done = [w for w in windows if w["end_s"] <= s["duration_s"]]
+        assert s["windows"] == len(done)
+        assert s["score"] == pytest.approx(sum(w["score"] for w in done) / len(done),
+                                           abs=1e-6)
     final = lines[-1]
     assert final.pop("final") is True and final["path"] == "-"
     assert final == {k: v for k, v in file_result.items() if k != "segments"} | {"path": "-"}
@@ -276,3 +281,147 @@ def test_cli_live_usage_errors(probe_model, args, message):
 def test_cli_live_missing_source_names_it(probe_model, tmp_path):
     r = runner.invoke(app, ["-m", probe_model, "--live", str(tmp_path / "nope.pcm")])
     assert r.exit_code == 1 and "nope.pcm: cannot open the stream" in r.stderr
+
+
+# ------------------------------------------------- found in review (each failed before)
+
+
+def test_empty_blocks_are_nothing_and_blocks_are_copied(detector):
+    pcm = (speechy(6.0) * 32767).astype(np.int16)
+    want, _ = feed_in_chunks(detector, pcm, 16000, [])
+    live = detector.stream()
+    assert live.feed(np.zeros(0, dtype=np.float32)) == []
+    assert live.feed(np.zeros((0, 2), dtype=np.int16)) == []
+    # A sound-card callback refills one buffer: the stream must not keep a view of it.
+    buf = np.empty(3000, dtype=np.float32)
+    got = []
+    for a in range(0, len(pcm), 3000):
+        piece = pcm[a: a + 3000].astype(np.float32) / 32768
+        buf[: len(piece)] = piece
+        got += live.feed(buf[: len(piece)])
+        buf[:] = 0.5  # scribble over it before the next block
+    got += live.finish()
+    assert seg_tuples(got) == seg_tuples(want) + seg_tuples(live.close().segments)[len(want):]
+
+
+def test_score_copes_with_a_caller_that_reuses_its_array(detector):
+    """Windows wait in a queue for a scoring lane: they must not be views of an array the
+    caller refills for the next clip."""
+    from runtime.audio import AudioArray
+
+    clips = [speechy(5.0, seed=i) if i % 2 else af.tone(5.0, freq=200 + 90 * i)
+             for i in range(6)]
+    want = [detector.score_array(c.astype(np.float32), 16000).score for c in clips]
+    buf = np.empty(len(clips[0]), dtype=np.float32)
+
+    def reused():
+        for c in clips:
+            buf[:] = c
+            yield AudioArray(buf, 16000, "reused")
+
+    got = [r.score for r in detector.score(reused())]
+    assert got == want
+
+
+def test_silence_so_far_is_held_then_judged_as_a_file_would_be(detector, tmp_path):
+    quiet = np.zeros(80000, dtype=np.int16)  # 5 s of silence
+    loud = (speechy(4.0) * 32767).astype(np.int16)
+    live = detector.stream()
+    assert live.feed(quiet) == []  # two windows complete, but nothing to judge yet
+    assert live.summary().windows == 0
+    released = live.feed(loud)
+    assert [(s.start_s, s.end_s) for s in released] == [(0.0, 4.0), (2.0, 6.0), (4.0, 8.0)]
+    pcm = np.concatenate([quiet, loud])
+    af.write(tmp_path / "q.wav", pcm.astype(np.float32) / 32768, 16000, subtype="PCM_16")
+    want = detector.score_file(tmp_path / "q.wav")
+    got = live.close()
+    assert seg_tuples(got.segments) == seg_tuples(want.segments) and got.score == want.score
+
+
+def test_cli_all_silent_stream_gives_no_window_lines(probe_model):
+    p = live_cli(probe_model, np.zeros(16000 * 9, dtype="<i2").tobytes())
+    assert p.returncode == 1
+    (final,) = [json.loads(line) for line in p.stdout.decode().splitlines()]
+    assert final["final"] and final["error"].startswith("silent")
+
+
+def test_cli_a_read_shorter_than_a_frame(probe_model):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from runtime.detect_cli import main; main()", "-m",
+         probe_model, "--live", "-", "--pcm-format", "f32le"], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pcm = speechy(5.0).astype("<f4").tobytes()
+    proc.stdin.write(pcm[:1])
+    proc.stdin.flush()
+    import time
+
+    time.sleep(0.3)  # the first read gets one byte: no whole sample yet
+    out, err = proc.communicate(pcm[1:], timeout=120)
+    assert proc.returncode == 0, err
+    assert json.loads(out.decode().splitlines()[-1])["windows"] == 2
+
+
+class Flaky:
+    """An onnxruntime session whose `fail_on`-th run raises (a passing failure)."""
+
+    def __init__(self, session, fail_on, error=RuntimeError("simulated failure")):
+        self.session, self.fail_on, self.error, self.calls = session, fail_on, error, 0
+
+    def run(self, names, feeds):
+        self.calls += 1
+        if self.calls in self.fail_on:
+            raise self.error
+        return self.session.run(names, feeds)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def test_a_window_the_model_cannot_score_ends_the_stream_with_its_error(probe_model):
+    det = Detector(probe_model, device="cpu")
+    det.session = Flaky(det.session, fail_on={2, 3})  # 2nd batch, and that window alone
+    live = det.stream()
+    pcm = (speechy(9.0) * 32767).astype(np.int16)
+    live.feed(pcm[:64000])
+    with pytest.raises(Exception, match="onnxruntime failed"):
+        live.feed(pcm[64000:])
+    result = live.close()
+    assert not result.ok and "window 2.00-6.00 s" in result.error
+
+
+def test_an_interruption_while_scoring_loses_no_window(probe_model, tmp_path):
+    det = Detector(probe_model, device="cpu")
+    pcm = (speechy(8.19) * 32767).astype(np.int16)
+    af.write(tmp_path / "a.wav", pcm.astype(np.float32) / 32768, 16000, subtype="PCM_16")
+    want = det.score_file(tmp_path / "a.wav")
+    det.session = Flaky(det.session, fail_on={2}, error=KeyboardInterrupt())
+    live = det.stream()
+    live.feed(pcm[:96000])  # windows 0-4, 2-6: one batch, the first run
+    with pytest.raises(KeyboardInterrupt):
+        live.feed(pcm[96000:])  # 4-8 is being scored when Ctrl-C comes
+    got = live.close()
+    assert seg_tuples(got.segments) == seg_tuples(want.segments)
+
+
+def test_cli_sigterm_still_writes_the_final_line(probe_model):
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from runtime.detect_cli import main; main()", "-m",
+         probe_model, "--live", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write((speechy(6.0) * 32767).astype("<i2").tobytes())
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready
+        first = json.loads(proc.stdout.readline())
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    lines = [first] + [json.loads(line) for line in out.decode().splitlines()]
+    assert lines[-1]["final"] and lines[-1]["windows"] == 2  # 0-4 and the end-aligned 2-6

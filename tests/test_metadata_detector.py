@@ -196,3 +196,25 @@ def test_leaving_a_scoring_loop_early_stops_its_threads(probe_model, clips):
         time.sleep(0.05)
     assert not [t.name for t in threading.enumerate()
                 if t.name.startswith(("dfa-reader", "dfa-lane"))]
+
+
+def test_a_file_whose_features_fail_costs_only_that_file(probe_model, clips, monkeypatch):
+    import runtime.detector as detector_module
+    from runtime.features import window_features
+
+    def flaky(audio, cfg):
+        if np.mean(np.diff(np.sign(audio)) != 0) > 0.3:  # noise crosses zero; tones do not
+            raise MemoryError
+        return window_features(audio, cfg)
+
+    monkeypatch.setattr(detector_module, "window_features", flaky)
+    det = Detector(probe_model, device="cpu", batch_size=4)
+    results = list(det.score([clips["tone"], clips["noise"], clips["long"]]))
+    assert [r.ok for r in results] == [True, False, True]
+    assert results[1].error.startswith("out of memory while computing features")
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True])
+def test_threads_must_be_a_positive_whole_number(probe_model, threads):
+    with pytest.raises(ValueError, match="threads must be"):
+        Detector(probe_model, device="cpu", threads=threads)
