@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -42,6 +43,9 @@ __all__ = ["Detector", "DEFAULT_BATCH_CPU", "DEFAULT_BATCH_CUDA"]
 # windows gain under 3% while res2net50's activations at batch 16 take 250 MB more; a GPU
 # wants larger batches.
 DEFAULT_BATCH_CPU, DEFAULT_BATCH_CUDA = 4, 32
+# Above this .onnx size a model counts as large on CPU (Detector.__init__): the edge preset
+# is 1.6 MB in int8 and 5.6 MB in fp32, res2net50 24 MB in int8 and 95 MB in fp32.
+LARGE_MODEL_BYTES = 64 << 20
 
 
 
@@ -71,13 +75,23 @@ class Detector:
         self.notes: list[str] = []  # things the user should know (e.g. auto fell back to CPU)
         providers = providers_for(device)
         on_cpu = providers[0] == "CPUExecutionProvider"
-        # Scoring threads ("lanes", see score()); each onnxruntime run takes one core on
-        # CPU, so `threads` lanes keep `threads` cores busy with features and the model.
+        # Scoring threads ("lanes", see score()): the model runs single-threaded in every
+        # lane at once, so `threads` lanes keep `threads` cores busy with features and the
+        # model. A very large model (res2net50 in fp32) runs one batch at a time on all
+        # `threads` cores instead, while the lanes compute features: 17% slower than lanes
+        # on 2 cores, but one batch's activations in memory instead of one per lane (an
+        # hour of audio: 436 MB peak with 2 lanes; BENCHMARKS.md, "Edge speed").
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                     or threads < 1):
             raise InvalidArgument(f"threads must be a whole number >= 1, got {threads!r}")
         self.lanes = threads or default_threads(cuda=not on_cpu)
-        self.session = open_session(self.model_path, providers, 1 if on_cpu else None)
+        try:
+            large = self.model_path.stat().st_size > LARGE_MODEL_BYTES
+        except OSError:  # open_session says what is wrong with the path
+            large = False
+        self._one_run_at_a_time = threading.Lock() if on_cpu and large else None
+        self.session = open_session(self.model_path, providers,
+                                    (self.lanes if large else 1) if on_cpu else None)
         active = self.session.get_providers()
         if providers[0] == "CUDAExecutionProvider" and active[0] != "CUDAExecutionProvider":
             if device == "cuda":
@@ -155,7 +169,8 @@ class Detector:
         for i in range(0, len(batch), step):
             part = batch[i: i + step]
             try:
-                out = np.asarray(self.session.run([OUTPUT_NAME], {INPUT_NAME: part})[0])
+                with self._one_run_at_a_time or contextlib.nullcontext():
+                    out = np.asarray(self.session.run([OUTPUT_NAME], {INPUT_NAME: part})[0])
             except Exception as e:  # noqa: BLE001 - onnxruntime's Fail, RuntimeException...
                 reason = " ".join(str(e).split())[:160]
                 raise InferenceFailed(

@@ -218,3 +218,20 @@ def test_a_file_whose_features_fail_costs_only_that_file(probe_model, clips, mon
 def test_threads_must_be_a_positive_whole_number(probe_model, threads):
     with pytest.raises(ValueError, match="threads must be"):
         Detector(probe_model, device="cpu", threads=threads)
+
+
+def test_a_large_model_runs_one_batch_at_a_time_on_all_threads(probe_model, clips,
+                                                               monkeypatch):
+    import runtime.detector as detector_module
+
+    paths = [clips["long"], clips["tone"], clips["noise"]] * 3
+    small = Detector(probe_model, device="cpu", threads=2)
+    assert small._one_run_at_a_time is None
+    assert small.session.get_session_options().intra_op_num_threads == 1
+    monkeypatch.setattr(detector_module, "LARGE_MODEL_BYTES", 0)
+    large = Detector(probe_model, device="cpu", threads=2)
+    assert large._one_run_at_a_time is not None
+    assert large.session.get_session_options().intra_op_num_threads == 2
+    for a, b in zip(small.score(paths), large.score(paths), strict=True):
+        assert (a.path, a.windows) == (b.path, b.windows)
+        assert a.score == pytest.approx(b.score, abs=1e-6)
