@@ -246,7 +246,7 @@ _STFT_CHUNK = 64
 _RFFT_OUT = int(np.__version__.split(".")[0]) >= 2
 # Per thread (scoring lanes and loader workers compute windows at once): the STFT's work
 # arrays, reused from window to window. Fresh multi-megabyte temporaries for every window
-# cost more in page faults than the FFT itself (BENCHMARKS.md, "Features"). Kept only
+# cost more in page faults than the FFT itself (BENCHMARKS.md, "Preprocessing"). Kept only
 # while small: the whole-clip STFT of a long file is allocated for it alone.
 _work = threading.local()
 _WORK_LIMIT_BYTES = 16 << 20

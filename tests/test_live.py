@@ -163,6 +163,13 @@ def test_s16le_bytes_read_as_soundfile_reads_a_16_bit_wav(tmp_path):
 # ------------------------------------------------------------------------- the CLI
 
 
+def live_proc(model, *args, stdin=subprocess.PIPE):
+    """dfa-detect --live as a child process (bytes in, bytes out)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "from runtime.detect_cli import main; main()", "-m", model,
+         "--live", *args], stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
 def live_cli(model, pcm_bytes, *args):
     return subprocess.run(
         [sys.executable, "-c", "from runtime.detect_cli import main; main()", "-m", model,
@@ -211,10 +218,7 @@ def test_cli_live_f32le_stereo_at_another_rate(probe_model, tmp_path):
 
 def test_cli_live_answers_before_the_stream_ends(probe_model):
     """A window's line arrives while the writer keeps the stream open."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from runtime.detect_cli import main; main()", "-m",
-         probe_model, "--live", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE)
+    proc = live_proc(probe_model, "-")
     try:
         pcm = (speechy(4.0) * 32767).astype("<i2").tobytes()
         proc.stdin.write(pcm)
@@ -254,9 +258,7 @@ def test_cli_live_notes_a_stream_ending_inside_a_frame(probe_model):
 def test_cli_live_reads_a_fifo(probe_model, tmp_path):
     fifo = tmp_path / "pcm"
     os.mkfifo(fifo)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from runtime.detect_cli import main; main()", "-m",
-         probe_model, "--live", str(fifo)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = live_proc(probe_model, str(fifo), stdin=None)
     with open(fifo, "wb") as f:
         f.write((speechy(6.0) * 32767).astype("<i2").tobytes())
     out, err = proc.communicate(timeout=120)
@@ -346,10 +348,7 @@ def test_cli_all_silent_stream_gives_no_window_lines(probe_model):
 
 
 def test_cli_a_read_shorter_than_a_frame(probe_model):
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from runtime.detect_cli import main; main()", "-m",
-         probe_model, "--live", "-", "--pcm-format", "f32le"], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = live_proc(probe_model, "-", "--pcm-format", "f32le")
     pcm = speechy(5.0).astype("<f4").tobytes()
     proc.stdin.write(pcm[:1])
     proc.stdin.flush()
@@ -407,10 +406,7 @@ def test_cli_sigterm_still_writes_the_final_line(probe_model):
     import signal
     import time
 
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from runtime.detect_cli import main; main()", "-m",
-         probe_model, "--live", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE)
+    proc = live_proc(probe_model, "-")
     try:
         proc.stdin.write((speechy(6.0) * 32767).astype("<i2").tobytes())
         proc.stdin.flush()
