@@ -4,64 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import io
-import pickle
-import zipfile
 from pathlib import Path
 
-from runtime.errors import DfaError
-from runtime.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, MetadataError, ModelMetadata
+from runtime.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelMetadata
+from trainer.weights import (  # noqa: F401 - find_sidecar, load_metadata: export's API too
+    WeightsError,
+    find_sidecar,
+    load_metadata,
+    load_state_dict,
+)
 
 DEFAULT_OPSET = 18  # the torch.export-based exporter's minimum; onnxruntime >= 1.14 runs it
 
 
-class ExportError(DfaError):
-    """One line naming the file and what to do."""
-
-
-def find_sidecar(model_path: Path, config: Path | None) -> Path:
-    if config is not None:
-        if not config.is_file():
-            raise ExportError(f"{config}: not found; pass the model.json written by dfa-train")
-        return config
-    for candidate in (model_path.with_suffix(".json"), model_path.with_name("model.json")):
-        if candidate.is_file():
-            return candidate
-    raise ExportError(f"{model_path}: no model.json beside it; pass --config PATH (the "
-                      "model.json dfa-train wrote with it)")
-
-
-def load_metadata(path: Path) -> ModelMetadata:
-    try:
-        return ModelMetadata.from_json(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise ExportError(f"{path}: cannot read ({e})") from e
-    except MetadataError as e:
-        raise ExportError(f"{path}: {e}") from e
-
-
-def load_state_dict(path: Path) -> dict:
-    """The state_dict, loaded with weights_only=True: a .pth never runs code."""
-    import torch
-
-    if not path.is_file():
-        raise ExportError(f"{path}: not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ExportError(
-            f"{path}: refused: it holds Python objects other than tensors, and dfa loads "
-            "weights with weights_only=True so a .pth can never run code; save a plain "
-            "state_dict (torch.save(model.state_dict(), path))"
-        ) from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        reason = " ".join(str(e).split())[:120]
-        raise ExportError(f"{path}: not a readable PyTorch state_dict ({reason}); the file "
-                          "is damaged or not a .pth") from e
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
-                                              for v in state.values()):
-        raise ExportError(f"{path}: not a state_dict (expected a dict of tensors, got "
-                          f"{type(state).__name__}); save model.state_dict()")
-    return state
+# The .pth/model.json readers live in trainer (dfa-train --init-from reads them too);
+# their error is this module's ExportError.
+ExportError = WeightsError
 
 
 def load_trained(model_path: Path, config: Path | None = None):

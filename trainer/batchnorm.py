@@ -18,8 +18,10 @@ from collections.abc import Callable, Iterable
 def batchnorm_layers(model) -> list:
     import torch
 
+    # Frozen layers (dfa-train --freeze-until) keep the statistics they came with.
     return [m for m in model.modules()
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+            and not (m.weight is not None and not m.weight.requires_grad)]
 
 
 def recalibrate(model, batches: Iterable, forward: Callable, max_batches: int) -> int:

@@ -42,6 +42,10 @@ class Recipe(str, Enum):
     original = "original"
 
 
+FreezePoint = Enum("FreezePoint", {n: n for n in ("stem", "layer1", "layer2", "layer3",
+                                                   "layer4")}, type=str)
+
+
 class Optimizer(str, Enum):
     adam = "adam"
     adamw = "adamw"
@@ -76,6 +80,19 @@ def train(
         "needs an attack column): on a speaker split, no clip of NAME in train or val; test "
         "is the test speakers' bona fide clips and their NAME clips."),
     seed: int = typer.Option(0, help="Seed for splits, initialisation and sampling."),
+    pretrained: str | None = typer.Option(
+        None, "--pretrained", metavar="imagenet|FILE", help="Start from timm's ImageNet "
+        "weights for the arch ('imagenet': timm downloads them) or from a local timm "
+        "checkpoint FILE of it (machines without internet); the first convolution is "
+        "adapted to one input channel. Needs the arch the weights are for (--arch "
+        "res2net50), not a preset that changes its widths."),
+    init_from: Path | None = typer.Option(
+        None, "--init-from", metavar="RUN_DIR|model.pth", help="Start from a dfa model (a "
+        "run folder or a model.pth with its model.json) of the same arch and features: "
+        "fine-tune it on this data."),
+    freeze_until: FreezePoint | None = typer.Option(
+        None, "--freeze-until", help="With --init-from or --pretrained: keep the stem and "
+        "the stages up to this one frozen (weights and BatchNorm statistics)."),
     recipe: Recipe = typer.Option(Recipe.default, help="default: on-the-fly windows of "
                                   "cached audio, waveform augmentation, copy-synthesis "
                                   "spoofs, AdamW 1e-3 warmup-cosine, class-balanced BCE; "
@@ -175,6 +192,11 @@ def train(
             split = Split.speaker
         if feature_config is not None and whole_clip:
             raise fail("--feature-config and --whole-clip exclude each other")
+        if pretrained is not None and init_from is not None:
+            raise fail("--pretrained and --init-from exclude each other: start from one")
+        if freeze_until is not None and pretrained is None and init_from is None:
+            raise fail("--freeze-until freezes weights you start from: add --init-from or "
+                       "--pretrained")
         try:
             if feature_config is not None:
                 fcfg = FeatureConfig.from_json(feature_config.read_text())
@@ -196,9 +218,14 @@ def train(
             target_fpr=target_fpr, skip_bad=skip_bad,
             cache_dir=str(cache_dir) if cache_dir else default_cache_dir(),
             allow_outside=allow_outside_paths, threads=threads, bn_batches=bn_batches,
+            pretrained=pretrained, init_from=str(init_from) if init_from else None,
+            freeze_until=freeze_until.value if freeze_until else None,
             **settings,
         )
         check_arch(cfg.arch, resolve_arch)
+        from trainer.init import check_start
+
+        check_start(cfg)
         writable_folder(Path(cfg.cache_dir), "--cache-dir")
         writable_folder(out, "--out")
     # Problems with the data arrive as DataError (a DfaError): handle_errors reports them.

@@ -64,6 +64,12 @@ class TrainConfig:
     class_balance: bool = False  # weight BCE so both classes count equally
     augment: dict | None = None  # AugmentConfig.to_dict(); None: no augmentation
     copy_synthesis: dict | None = None  # CopySynthesisConfig.to_dict(); None: none
+    # Where the weights start (trainer/init.py): timm's ImageNet weights ("imagenet") or a
+    # local timm checkpoint; or a dfa model (run folder or model.pth) of the same network;
+    # and the stages up to freeze_until kept frozen.
+    pretrained: str | None = None
+    init_from: str | None = None
+    freeze_until: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -78,8 +84,11 @@ class TrainConfig:
         if unknown:
             raise ValueError("config has unknown key(s) "
                              + ", ".join(repr(k)[:40] for k in unknown[:5]))
+        from trainer.init import FREEZE_POINTS
+
         choices = {"split": SPLIT_KINDS, "scheduler": SCHEDULERS, "device": DEVICES,
-                   "aggregation": AGGREGATIONS, "optimizer": OPTIMIZERS, "recipe": RECIPES}
+                   "aggregation": AGGREGATIONS, "optimizer": OPTIMIZERS, "recipe": RECIPES,
+                   "freeze_until": FREEZE_POINTS}
         kept = {}
         for f in fields(cls):
             if f.name not in d:
@@ -96,7 +105,7 @@ class TrainConfig:
                 raise ValueError(f"config {f.name!r} is {value!r}, not {name}")
             if float in allowed and type(value) is int:
                 value = float(value)
-            if f.name in choices and value not in choices[f.name]:
+            if f.name in choices and value is not None and value not in choices[f.name]:
                 raise ValueError(f"config {f.name!r} is {value!r}; expected one of "
                                  f"{', '.join(choices[f.name])}")
             # The CLI's own ranges (dfa-train --help), so a hand-edited run.json cannot

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 from typing import Any
 
 from runtime.errors import DfaError
@@ -133,11 +134,23 @@ def resolve_arch(arch: str) -> tuple[str, dict[str, Any]]:
     return arch, {}
 
 
-def create_model(arch: str, arch_kwargs: dict[str, Any] | None = None):
+IMAGENET = "imagenet"
+
+
+class PretrainedError(DfaError):
+    """Pretrained weights that cannot be used (a usage error: exit 2)."""
+
+
+def create_model(arch: str, arch_kwargs: dict[str, Any] | None = None,
+                 pretrained: str | None = None):
     """Build the network: one input channel (a mel image), one output logit.
 
     `arch` and `arch_kwargs` are checked first (check_arch): they may come from a
-    model.json written elsewhere, and timm would act on any keyword it knows."""
+    model.json written elsewhere, and timm would act on any keyword it knows.
+    `pretrained`: None (random weights), "imagenet" (timm's own weights for `arch`,
+    downloaded by timm) or the path of a local timm checkpoint of `arch` (a state_dict
+    file, read with weights_only=True); timm adapts the first convolution to one input
+    channel (summing its RGB kernels) and leaves the classifier at random."""
     import timm
 
     check_arch(arch, arch_kwargs)
@@ -145,7 +158,36 @@ def create_model(arch: str, arch_kwargs: dict[str, Any] | None = None):
     for key in ("layers", "channels"):  # JSON gives lists; timm wants tuples
         if key in kwargs:
             kwargs[key] = tuple(kwargs[key])
-    return timm.create_model(arch, pretrained=False, in_chans=1, num_classes=1, **kwargs)
+    if pretrained is None:
+        return timm.create_model(arch, pretrained=False, in_chans=1, num_classes=1, **kwargs)
+    if pretrained != IMAGENET:
+        from pathlib import Path
+
+        if not Path(pretrained).is_file():
+            raise PretrainedError(f"--pretrained {pretrained}: no such file; give a timm "
+                                  f"checkpoint of {arch} or '{IMAGENET}'")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained)}
+    try:
+        return timm.create_model(arch, pretrained=True, in_chans=1, num_classes=1, **kwargs)
+    except RuntimeError as e:
+        text = " ".join(str(e).split())
+        if "size mismatch" in text or "Missing key" in text or "Unexpected key" in text:
+            shaped = ", ".join(f"{k}={v}" for k, v in (arch_kwargs or {}).items())
+            raise PretrainedError(
+                f"--pretrained {pretrained}: its weights do not fit {arch}"
+                f"{' with ' + shaped if shaped else ''} ({text[:200]}); pretrained weights "
+                f"need the architecture they were trained with: use --arch res2net50 (or "
+                f"the timm res2net they are for), not a preset that changes its widths or "
+                f"depths") from e
+        raise PretrainedError(f"--pretrained {pretrained}: timm could not load the weights "
+                              f"({text[:200]})") from e
+    except (OSError, ValueError, pickle.UnpicklingError) as e:  # offline, hub, corrupt file
+        where = ("downloading timm's ImageNet weights failed; on a machine without internet "
+                 "save them elsewhere (torch.save(timm.create_model(ARCH, pretrained=True)"
+                 ".state_dict(), FILE)) and pass --pretrained FILE"
+                 if pretrained == IMAGENET else "not a readable timm checkpoint")
+        raise PretrainedError(f"--pretrained {pretrained}: {where} ("
+                              f"{' '.join(str(e).split())[:160]})") from e
 
 
 def count_parameters(model) -> int:

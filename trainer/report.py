@@ -4,6 +4,7 @@ report, and every output file: model.json, score files, plots, the printed summa
 from __future__ import annotations
 
 import datetime as _dt
+from pathlib import Path
 
 import numpy as np
 
@@ -104,7 +105,37 @@ def recipe_record(cfg) -> dict:
         "augmentation": cfg.augment if cfg.augment is not None else "none",
         "copy_synthesis": cfg.copy_synthesis if cfg.copy_synthesis is not None else "none",
         "holdout_attack": cfg.holdout_attack,
+        "start": start_record(cfg),
     }
+
+
+def start_record(cfg) -> dict:
+    """Where the weights started: random, timm's ImageNet weights, a timm checkpoint or a
+    dfa model (with the sha256 its file has when the run ends), and what stayed frozen."""
+    from trainer.init import InitError, init_paths, sha256_of
+    from trainer.weights import WeightsError
+
+    def hashed(kind: str, path: Path) -> dict:
+        try:  # a --resume'd run's starting file may have moved since
+            return {"from": kind, "path": str(path), "sha256": sha256_of(path)}
+        except OSError:
+            return {"from": kind, "path": str(path), "sha256": None}
+
+    if cfg.init_from:
+        try:
+            pth, _ = init_paths(cfg.init_from)
+        except (InitError, WeightsError):
+            pth = Path(cfg.init_from)
+        record = hashed("dfa model", pth)
+    elif cfg.pretrained == "imagenet":
+        record = {"from": "timm ImageNet weights"}
+    elif cfg.pretrained:
+        record = hashed("timm checkpoint", Path(cfg.pretrained))
+    else:
+        record = {"from": "random"}
+    if cfg.freeze_until:
+        record["frozen_until"] = cfg.freeze_until
+    return record
 
 
 def format_summary(out, cfg, best, threshold, source, test, groups, calibration) -> str:

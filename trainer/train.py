@@ -101,7 +101,19 @@ def _run(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log) -> int
     pin_determinism(cfg, dist)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    model = create_model(arch_name, arch_kwargs).to(dist.device)
+    ckpt_path = out / "checkpoint.pt"
+    fresh = not (resume and ckpt_path.exists())  # a checkpoint has the weights otherwise
+    model = create_model(arch_name, arch_kwargs, cfg.pretrained if fresh else None)
+    if cfg.init_from and fresh:
+        from trainer.init import load_init
+
+        load_init(model, cfg.init_from, arch_name, arch_kwargs, cfg.feature_config)
+    if cfg.freeze_until:
+        from trainer.init import freeze
+
+        frozen = freeze(model, cfg.freeze_until)
+        log.info(f"frozen up to {cfg.freeze_until}: {frozen / 1e6:.2f} M parameters")
+    model = model.to(dist.device)
     if dist.cuda:
         model = model.to(memory_format=torch.channels_last)
     state.model = model
@@ -115,8 +127,7 @@ def _run(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log) -> int
     optimizer, epoch_scheduler, step_scheduler = build_optimizer(model, cfg, steps)
     scheduler = epoch_scheduler or step_scheduler  # the one checkpoint.pt keeps
     start_epoch = 1
-    ckpt_path = out / "checkpoint.pt"
-    if resume and ckpt_path.exists():
+    if not fresh:
         done, state.best = load_checkpoint(ckpt_path, model, optimizer, scheduler, dist)
         start_epoch = done + 1
         log.info(f"resuming {out} after epoch {done} (best so far: epoch "
