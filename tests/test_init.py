@@ -74,6 +74,11 @@ def test_init_from_refuses_another_network_or_input_by_name(
     assert "n_fft 512 vs 1024" in r.stderr
     r = train(itw_dataset, "--out", tmp_path / "c", *fast(), "--init-from", tmp_path)
     assert r.exit_code == 2 and "no model.pth there" in r.stderr
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "model.pth").write_bytes((base / "model.pth").read_bytes())
+    r = train(itw_dataset, "--out", tmp_path / "d", *fast(), "--init-from", unfinished)
+    assert r.exit_code == 2 and "no model.json beside model.pth" in r.stderr
 
 
 def timm_checkpoint(path, arch: str = "tiny", seed: int = 1):
@@ -118,10 +123,30 @@ def test_pretrained_weights_of_another_shape_are_refused_plainly(
     r = train(itw_dataset, "--out", tmp_path / "run", "--feature-config", features_json,
               "--cache-dir", feature_cache, *fast("edge"), "--pretrained", ckpt)
     assert r.exit_code == 2
-    error = r.stderr.strip().splitlines()[-1]  # after the feature cache's progress lines
+    (error,) = r.stderr.strip().splitlines()  # one line, before any data preparation
     assert error.startswith(f"dfa-train: error: --pretrained {ckpt}: its weights do not fit "
                             "res2net50_26w_4s with layers=")
     assert "use --arch res2net50" in error
+    assert not (tmp_path / "run" / "dataset.csv").exists()
+
+
+def test_pretrained_checkpoints_that_load_partly_or_not_at_all_are_refused(
+        itw_dataset, tmp_path):
+    """timm loads with strict=False once the classifier is dropped: dfa checks that every
+    other weight was there (a renamed or partial checkpoint would start from random)."""
+    state = timm_checkpoint(tmp_path / "full.pth")
+    torch.save({f"encoder.{k}": v for k, v in state.items()}, tmp_path / "renamed.pth")
+    torch.save({k: v for k, v in state.items() if not k.startswith("layer4.")},
+               tmp_path / "partial.pth")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    torch.save(torch.zeros(3), tmp_path / "tensor.pth")
+    for name, message in (("renamed", "do not fit"), ("partial", "missing"),
+                          ("empty", "not a readable timm checkpoint"),
+                          ("tensor", "not a readable timm checkpoint")):
+        r = train(itw_dataset, "--out", tmp_path / name, *fast(), "--pretrained",
+                  tmp_path / f"{name}.pth")
+        (error,) = r.stderr.strip().splitlines()
+        assert r.exit_code == 2 and f"{name}.pth" in error and message in error, error
 
 
 @pytest.mark.parametrize("args,message", [
@@ -136,11 +161,14 @@ def test_start_options_are_checked_before_any_work(itw_dataset, tmp_path, args, 
     assert not (tmp_path / "run" / "dataset.csv").exists()
 
 
-def test_run_json_keeps_the_start_for_resume(trained_run):
+def test_run_json_keeps_the_start_for_resume():
     from trainer.config import TrainConfig
 
-    cfg = TrainConfig.from_dict({"data_dir": "d", "out": "o", "init_from": "runs/base",
-                                 "freeze_until": "layer3"})
-    assert (cfg.init_from, cfg.freeze_until, cfg.pretrained) == ("runs/base", "layer3", None)
-    with pytest.raises(ValueError, match="freeze_until"):
-        TrainConfig.from_dict({"data_dir": "d", "out": "o", "freeze_until": "layer9"})
+    cfg = TrainConfig.from_dict({"data_dir": "d", "out": "o", "init_from": "/runs/base",
+                                 "freeze_until": "layer3", "start_sha256": "ab"})
+    assert (cfg.init_from, cfg.freeze_until, cfg.pretrained) == ("/runs/base", "layer3", None)
+    for bad, message in (({"freeze_until": "layer9"}, "freeze_until"),
+                         ({"freeze_until": "stem"}, "needs 'pretrained' or 'init_from'"),
+                         ({"pretrained": "x.pth", "init_from": "r"}, "starts from one")):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig.from_dict({"data_dir": "d", "out": "o", **bad})

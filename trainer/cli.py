@@ -218,14 +218,16 @@ def train(
             target_fpr=target_fpr, skip_bad=skip_bad,
             cache_dir=str(cache_dir) if cache_dir else default_cache_dir(),
             allow_outside=allow_outside_paths, threads=threads, bn_batches=bn_batches,
-            pretrained=pretrained, init_from=str(init_from) if init_from else None,
+            pretrained=(pretrained if pretrained in (None, "imagenet")
+                        else str(Path(pretrained).resolve())),
+            init_from=str(init_from.resolve()) if init_from else None,
             freeze_until=freeze_until.value if freeze_until else None,
             **settings,
         )
         check_arch(cfg.arch, resolve_arch)
         from trainer.init import check_start
 
-        check_start(cfg)
+        cfg.start_sha256 = check_start(cfg)
         writable_folder(Path(cfg.cache_dir), "--cache-dir")
         writable_folder(out, "--out")
     # Problems with the data arrive as DataError (a DfaError): handle_errors reports them.

@@ -70,6 +70,7 @@ class TrainConfig:
     pretrained: str | None = None
     init_from: str | None = None
     freeze_until: str | None = None
+    start_sha256: str | None = None  # of the init or pretrained file, when the run began
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -120,6 +121,11 @@ class TrainConfig:
                 raise ValueError(f"config 'target_fpr' is {value!r}; it must be in [0, 1]")
             kept[f.name] = value
         cfg = cls(**kept)
+        if cfg.pretrained and cfg.init_from:
+            raise ValueError("config has both 'pretrained' and 'init_from'; a run starts "
+                             "from one")
+        if cfg.freeze_until and not (cfg.pretrained or cfg.init_from):
+            raise ValueError("config 'freeze_until' needs 'pretrained' or 'init_from'")
         cfg.augment_config  # noqa: B018 - validates them
         cfg.copy_config  # noqa: B018
         return cfg

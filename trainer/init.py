@@ -14,7 +14,7 @@ from pathlib import Path
 
 from runtime.config import FeatureConfig
 from runtime.errors import DfaError
-from trainer.weights import find_sidecar, load_metadata, load_state_dict
+from trainer.weights import load_metadata, load_state_dict
 
 # timm ResNet's stages in input order: the stem (conv1, bn1), then layer1..layer4.
 FREEZE_POINTS = ("stem", "layer1", "layer2", "layer3", "layer4")
@@ -31,20 +31,29 @@ def init_paths(source: str | Path) -> tuple[Path, Path]:
     if not pth.is_file():
         raise InitError(f"--init-from {source}: no model.pth there; give a finished "
                         "dfa-train run folder or its model.pth")
-    return pth, find_sidecar(pth, None)
+    for sidecar in (pth.with_suffix(".json"), pth.with_name("model.json")):
+        if sidecar.is_file():
+            return pth, sidecar
+    raise InitError(f"--init-from {source}: no model.json beside {pth.name} (a run writes it "
+                    "when it finishes); give a finished run, or put its model.json beside "
+                    "the .pth")
 
 
-def check_start(cfg) -> None:
-    """Before any work: the starting weights a TrainConfig names exist and, for a dfa
-    model, are the same network on the same input (InitError names what differs)."""
-    from trainer.model import IMAGENET, resolve_arch
+def check_start(cfg) -> str | None:
+    """Before any work: load the starting weights a TrainConfig names into a throwaway
+    model, so that a file that does not fit (another network, other features, a damaged
+    .pth) is refused by name before data preparation. Returns the sha256 of the file the
+    weights come from (None for random or timm's ImageNet weights)."""
+    from trainer.model import IMAGENET, create_model, resolve_arch
 
+    if not (cfg.init_from or cfg.pretrained):
+        return None
+    arch, arch_kwargs = resolve_arch(cfg.arch)
+    model = create_model(arch, arch_kwargs, cfg.pretrained)
     if cfg.init_from:
-        arch, arch_kwargs = resolve_arch(cfg.arch)
-        check_same_network(cfg.init_from, arch, arch_kwargs, cfg.feature_config)
-    if cfg.pretrained and cfg.pretrained != IMAGENET and not Path(cfg.pretrained).is_file():
-        raise InitError(f"--pretrained {cfg.pretrained}: no such file; give a timm "
-                        f"checkpoint or '{IMAGENET}'")
+        load_init(model, cfg.init_from, arch, arch_kwargs, cfg.feature_config)
+        return sha256_of(init_paths(cfg.init_from)[0])
+    return None if cfg.pretrained == IMAGENET else sha256_of(Path(cfg.pretrained))
 
 
 def check_same_network(source: str | Path, arch: str, arch_kwargs: dict,

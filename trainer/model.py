@@ -1,9 +1,9 @@
-"""Model factory: timm Res2Net presets. Nothing is downloaded (pretrained=False)."""
+"""Model factory: timm Res2Net presets, from random weights or pretrained ones (timm's
+ImageNet weights are downloaded only when --pretrained imagenet asks for them)."""
 
 from __future__ import annotations
 
 import math
-import pickle
 from typing import Any
 
 from runtime.errors import DfaError
@@ -149,8 +149,9 @@ def create_model(arch: str, arch_kwargs: dict[str, Any] | None = None,
     model.json written elsewhere, and timm would act on any keyword it knows.
     `pretrained`: None (random weights), "imagenet" (timm's own weights for `arch`,
     downloaded by timm) or the path of a local timm checkpoint of `arch` (a state_dict
-    file, read with weights_only=True); timm adapts the first convolution to one input
-    channel (summing its RGB kernels) and leaves the classifier at random."""
+    file, read with weights_only=True). Either way the first convolution is adapted to one
+    input channel as timm does (RGB kernels summed) and the classifier starts at random;
+    every other weight must be in the checkpoint with its shape (PretrainedError if not)."""
     import timm
 
     check_arch(arch, arch_kwargs)
@@ -158,36 +159,68 @@ def create_model(arch: str, arch_kwargs: dict[str, Any] | None = None,
     for key in ("layers", "channels"):  # JSON gives lists; timm wants tuples
         if key in kwargs:
             kwargs[key] = tuple(kwargs[key])
-    if pretrained is None:
-        return timm.create_model(arch, pretrained=False, in_chans=1, num_classes=1, **kwargs)
-    if pretrained != IMAGENET:
-        from pathlib import Path
-
-        if not Path(pretrained).is_file():
-            raise PretrainedError(f"--pretrained {pretrained}: no such file; give a timm "
-                                  f"checkpoint of {arch} or '{IMAGENET}'")
-        kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained)}
-    try:
-        return timm.create_model(arch, pretrained=True, in_chans=1, num_classes=1, **kwargs)
-    except RuntimeError as e:
-        text = " ".join(str(e).split())
-        if "size mismatch" in text or "Missing key" in text or "Unexpected key" in text:
-            shaped = ", ".join(f"{k}={v}" for k, v in (arch_kwargs or {}).items())
+    if pretrained == IMAGENET:
+        try:
+            return timm.create_model(arch, pretrained=True, in_chans=1, num_classes=1,
+                                     **kwargs)
+        except RuntimeError as e:  # the ImageNet weights are res2net's own shapes
+            raise _misfit(pretrained, arch, arch_kwargs, e) from e
+        except Exception as e:  # noqa: BLE001 - offline, hub errors: say what to do
             raise PretrainedError(
-                f"--pretrained {pretrained}: its weights do not fit {arch}"
-                f"{' with ' + shaped if shaped else ''} ({text[:200]}); pretrained weights "
-                f"need the architecture they were trained with: use --arch res2net50 (or "
-                f"the timm res2net they are for), not a preset that changes its widths or "
-                f"depths") from e
-        raise PretrainedError(f"--pretrained {pretrained}: timm could not load the weights "
-                              f"({text[:200]})") from e
-    except (OSError, ValueError, pickle.UnpicklingError) as e:  # offline, hub, corrupt file
-        where = ("downloading timm's ImageNet weights failed; on a machine without internet "
-                 "save them elsewhere (torch.save(timm.create_model(ARCH, pretrained=True)"
-                 ".state_dict(), FILE)) and pass --pretrained FILE"
-                 if pretrained == IMAGENET else "not a readable timm checkpoint")
-        raise PretrainedError(f"--pretrained {pretrained}: {where} ("
-                              f"{' '.join(str(e).split())[:160]})") from e
+                f"--pretrained {IMAGENET}: downloading timm's ImageNet weights failed "
+                f"({' '.join(str(e).split())[:160] or type(e).__name__}); on a machine without "
+                "internet save them elsewhere (torch.save(timm.create_model(ARCH, "
+                "pretrained=True).state_dict(), FILE)) and pass --pretrained FILE") from e
+    model = timm.create_model(arch, pretrained=False, in_chans=1, num_classes=1, **kwargs)
+    if pretrained is not None:
+        _load_timm_checkpoint(model, pretrained, arch, arch_kwargs)
+    return model
+
+
+def _load_timm_checkpoint(model, path: str, arch: str, arch_kwargs) -> None:
+    """A timm checkpoint into `model`, strictly: only the classifier may be missing."""
+    from pathlib import Path
+
+    import torch
+    from timm.models import load_state_dict
+    from timm.models._manipulate import adapt_input_conv
+
+    if not Path(path).is_file():
+        raise PretrainedError(f"--pretrained {path}: no such file; give a timm checkpoint of "
+                              f"{arch} or '{IMAGENET}'")
+    try:
+        state = load_state_dict(path, weights_only=True)
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                                  for v in state.values()):
+            raise TypeError("not a dict of tensors")
+    except Exception as e:  # noqa: BLE001 - empty, damaged, pickled objects, not a state_dict
+        raise PretrainedError(f"--pretrained {path}: not a readable timm checkpoint "
+                              f"({' '.join(str(e).split())[:160] or type(e).__name__}); "
+                              "save one with torch.save(model.state_dict(), FILE)") from e
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # a new classifier
+    stem = state.get("conv1.weight")
+    if stem is not None and stem.ndim == 4 and stem.shape[1] != 1:
+        state["conv1.weight"] = adapt_input_conv(1, stem, base_chans=stem.shape[1])
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise _misfit(path, arch, arch_kwargs, e) from e
+    missing = [k for k in result.missing_keys if not k.startswith("fc.")]
+    if missing or result.unexpected_keys:
+        raise _misfit(path, arch, arch_kwargs, RuntimeError(
+            f"missing {len(missing)} weights (e.g. {', '.join(missing[:2]) or '-'}), "
+            f"{len(result.unexpected_keys)} unknown (e.g. "
+            f"{', '.join(result.unexpected_keys[:2]) or '-'})"))
+
+
+def _misfit(source: str, arch: str, arch_kwargs, error: Exception) -> PretrainedError:
+    shaped = ", ".join(f"{k}={v}" for k, v in (arch_kwargs or {}).items())
+    return PretrainedError(
+        f"--pretrained {source}: its weights do not fit {arch}"
+        f"{' with ' + shaped if shaped else ''} ({' '.join(str(error).split())[:200]}); "
+        "pretrained weights need the architecture they were trained with: use --arch "
+        "res2net50 (or the timm res2net they are for), not a preset that changes its widths "
+        "or depths")
 
 
 def count_parameters(model) -> int:

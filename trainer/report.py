@@ -111,26 +111,17 @@ def recipe_record(cfg) -> dict:
 
 def start_record(cfg) -> dict:
     """Where the weights started: random, timm's ImageNet weights, a timm checkpoint or a
-    dfa model (with the sha256 its file has when the run ends), and what stayed frozen."""
-    from trainer.init import InitError, init_paths, sha256_of
-    from trainer.weights import WeightsError
-
-    def hashed(kind: str, path: Path) -> dict:
-        try:  # a --resume'd run's starting file may have moved since
-            return {"from": kind, "path": str(path), "sha256": sha256_of(path)}
-        except OSError:
-            return {"from": kind, "path": str(path), "sha256": None}
-
+    dfa model (its path and the sha256 it had when the run began), and what stayed frozen."""
     if cfg.init_from:
-        try:
-            pth, _ = init_paths(cfg.init_from)
-        except (InitError, WeightsError):
-            pth = Path(cfg.init_from)
-        record = hashed("dfa model", pth)
+        path = Path(cfg.init_from)
+        record = {"from": "dfa model",
+                  "path": str(path / "model.pth" if path.suffix != ".pth" else path),
+                  "sha256": cfg.start_sha256}
     elif cfg.pretrained == "imagenet":
         record = {"from": "timm ImageNet weights"}
     elif cfg.pretrained:
-        record = hashed("timm checkpoint", Path(cfg.pretrained))
+        record = {"from": "timm checkpoint", "path": cfg.pretrained,
+                  "sha256": cfg.start_sha256}
     else:
         record = {"from": "random"}
     if cfg.freeze_until:
