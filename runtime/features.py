@@ -105,13 +105,17 @@ class _Level:
         if block.size:
             self.peak = max(self.peak, float(np.abs(block).max()))
 
+    def silent(self, cfg: FeatureConfig) -> bool:
+        """Nothing above the silence level so far."""
+        return self.peak <= 10 ** (cfg.silence_dbfs / 20)
+
     def check(self, cfg: FeatureConfig) -> None:
         duration = self.total / cfg.sample_rate
         if self.total < cfg.min_samples:
             raise AudioError(
                 f"too short: {duration:.2f} s of audio, at least {cfg.min_duration_s:g} s needed"
             )
-        if self.peak <= 10 ** (cfg.silence_dbfs / 20):
+        if self.silent(cfg):
             raise AudioError(
                 f"silent: peak level below {cfg.silence_dbfs:g} dBFS over {duration:.2f} s, "
                 "nothing to judge"

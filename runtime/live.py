@@ -169,9 +169,6 @@ class LiveStream:
         self.level.see(mono)
         return self._score(list(self.windower.feed(mono)))
 
-    def _silent_so_far(self) -> bool:
-        return self.level.peak <= 10 ** (self.cfg.silence_dbfs / 20)
-
     def _score(self, windows: list[Window]) -> list[Segment]:
         windows = self.unscored + windows
         if not windows:
@@ -197,7 +194,7 @@ class LiveStream:
 
     def _release(self) -> list[Segment]:
         """The held windows, once the stream is known not to be silent."""
-        if not self.held or self._silent_so_far():
+        if not self.held or self.level.silent(self.cfg):
             return []
         return self._give(self.held)
 
