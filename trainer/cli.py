@@ -51,6 +51,11 @@ class Optimizer(str, Enum):
     adamw = "adamw"
 
 
+class Loss(str, Enum):
+    bce = "bce"
+    oc_softmax = "oc-softmax"
+
+
 
 app = new_app()
 
@@ -111,6 +116,10 @@ def train(
     weight_decay: float = typer.Option(1e-2, min=0.0, help="Weight decay (original: 0)."),
     warmup_epochs: float = typer.Option(1.0, min=0.0, help="Linear warmup of warmup-cosine, "
                                         "in epochs."),
+    loss: Loss = typer.Option(Loss.bce, help="bce: binary cross-entropy on a linear "
+                              "classifier (both recipes); oc-softmax: the one-class loss "
+                              "of Zhang et al. 2021 on a cosine head (bona fide compact, "
+                              "spoofs anywhere outside)."),
     class_balance: bool = typer.Option(True, "--class-balance/--no-class-balance",
                                        help="Weight BCE so both classes count equally "
                                        "(original: off)."),
@@ -209,7 +218,7 @@ def train(
                                    "optimizer": optimizer.value,
                                    "weight_decay": weight_decay,
                                    "warmup_epochs": warmup_epochs,
-                                   "class_balance": class_balance})
+                                   "class_balance": class_balance, "loss": loss.value})
         cfg = TrainConfig(
             data_dir=str(data_dir), out=str(out), arch=arch, features=fcfg.to_dict(),
             split=split.value, splits_file=str(splits) if splits else None, seed=seed,

@@ -16,6 +16,9 @@ SPLIT_KINDS = ("stratified", "speaker")
 # warmup_epochs, then half a cosine to 0.
 SCHEDULERS = ("none", "cosine", "warmup-cosine")
 OPTIMIZERS = ("adam", "adamw")
+# bce: binary cross-entropy on timm's linear classifier; oc-softmax: the one-class loss on a
+# cosine head (trainer.model.cosine_head, trainer.loop.make_loss).
+LOSSES = ("bce", "oc-softmax")
 RECIPES = ("default", "original")
 
 
@@ -62,6 +65,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_epochs: float = 0.0  # linear warmup, per step, before the schedule
     class_balance: bool = False  # weight BCE so both classes count equally
+    loss: str = "bce"  # LOSSES
     augment: dict | None = None  # AugmentConfig.to_dict(); None: no augmentation
     copy_synthesis: dict | None = None  # CopySynthesisConfig.to_dict(); None: none
     # Where the weights start (trainer/init.py): timm's ImageNet weights ("imagenet") or a
@@ -89,6 +93,7 @@ class TrainConfig:
 
         choices = {"split": SPLIT_KINDS, "scheduler": SCHEDULERS, "device": DEVICES,
                    "aggregation": AGGREGATIONS, "optimizer": OPTIMIZERS, "recipe": RECIPES,
+                   "loss": LOSSES,
                    "freeze_until": FREEZE_POINTS}
         kept = {}
         for f in fields(cls):

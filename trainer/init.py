@@ -44,11 +44,11 @@ def check_start(cfg) -> str | None:
     model, so that a file that does not fit (another network, other features, a damaged
     .pth) is refused by name before data preparation. Returns the sha256 of the file the
     weights come from (None for random or timm's ImageNet weights)."""
-    from trainer.model import IMAGENET, create_model, resolve_arch
+    from trainer.model import IMAGENET, create_model, network
 
     if not (cfg.init_from or cfg.pretrained):
         return None
-    arch, arch_kwargs = resolve_arch(cfg.arch)
+    arch, arch_kwargs = network(cfg.arch, cfg.loss)
     model = create_model(arch, arch_kwargs, cfg.pretrained)
     if cfg.init_from:
         load_init(model, cfg.init_from, arch, arch_kwargs, cfg.feature_config)

@@ -275,3 +275,33 @@ def balanced_bce(labels: list[int], balance: bool):
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=2)
     weight = counts[0] / max(1, counts[1])
     return torch.nn.BCEWithLogitsLoss(reduction="sum", pos_weight=torch.tensor(float(weight)))
+
+
+def make_loss(labels: list[int], balance: bool, loss: str):
+    """The training loss for TrainConfig.loss: "bce" (balanced_bce) or "oc-softmax".
+
+    OC-Softmax on the cosine head's logit z = ALPHA * (CENTRE - cos) (trainer.model.
+    cosine_head): its bona fide term softplus(ALPHA * (M_REAL - cos)) is softplus(z + s)
+    and its spoof term softplus(ALPHA * (cos - M_FAKE)) is softplus(-z + s), with
+    s = ALPHA * (M_REAL - M_FAKE) / 2: binary cross-entropy on z shifted by s towards the
+    wrong side, i.e. BCE(z + s * (1 - 2y), y). Class balance weights it as it weights BCE."""
+    import torch
+
+    bce = balanced_bce(labels, balance)
+    if loss == "bce":
+        return bce
+    if loss != "oc-softmax":
+        raise ValueError(f"unknown loss {loss!r}")
+    from trainer.model import OC_ALPHA, OC_M_FAKE, OC_M_REAL
+
+    shift = OC_ALPHA * (OC_M_REAL - OC_M_FAKE) / 2
+
+    class OCSoftmaxLoss(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bce = bce
+
+        def forward(self, logits, y):
+            return self.bce(logits + shift * (1 - 2 * y), y)
+
+    return OCSoftmaxLoss()

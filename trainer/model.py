@@ -90,7 +90,42 @@ ARCH_KWARGS: dict[str, Any] = {
     "drop_path_rate": _rate,
     "drop_block_rate": _rate,
     "zero_init_last": _bool,
+    # dfa's own (not timm's): the classifier. "linear" is timm's fc (one logit); "cosine"
+    # is OC-Softmax's (CosineHead below), which --loss oc-softmax trains.
+    "head": _one_of("linear", "cosine"),
 }
+
+
+def cosine_head(in_features: int):
+    """OC-Softmax's classifier (Zhang, Jiang and Li, "One-class learning towards synthetic
+    voice spoofing detection", IEEE SPL 2021, and their code, yzyouzhang/AIR-ASVspoof): the
+    cosine between the pooled embedding and one learned bona fide direction w. Bona fide
+    embeddings are trained into the cone cos >= M_REAL around w and spoofs out to cos <=
+    M_FAKE, so unseen attacks need not resemble seen ones to fall outside the cone.
+
+    dfa's contract is one spoof logit per window, so the head returns
+    ALPHA * (CENTRE - cos): positive (spoof) below the midpoint of the two margins, and
+    the OC-Softmax loss is binary cross-entropy on that logit shifted by the margin
+    (trainer.loop.oc_softmax_loss)."""
+    import torch
+    import torch.nn.functional as F
+
+    class CosineHead(torch.nn.Module):
+        def __init__(self, n: int):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.empty(1, n))
+            torch.nn.init.kaiming_uniform_(self.weight, a=0.25)
+
+        def forward(self, x):
+            cos = F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
+            return OC_ALPHA * (OC_CENTRE - cos)
+
+    return CosineHead(in_features)
+
+
+# OC-Softmax's published settings: scale 20, bona fide margin 0.9, spoof margin 0.2.
+OC_ALPHA, OC_M_REAL, OC_M_FAKE = 20.0, 0.9, 0.2
+OC_CENTRE = (OC_M_REAL + OC_M_FAKE) / 2
 
 
 def check_arch(arch: Any, arch_kwargs: Any) -> None:
@@ -156,13 +191,14 @@ def create_model(arch: str, arch_kwargs: dict[str, Any] | None = None,
 
     check_arch(arch, arch_kwargs)
     kwargs = dict(arch_kwargs or {})
+    head = kwargs.pop("head", "linear")
     for key in ("layers", "channels"):  # JSON gives lists; timm wants tuples
         if key in kwargs:
             kwargs[key] = tuple(kwargs[key])
     if pretrained == IMAGENET:
         try:
-            return timm.create_model(arch, pretrained=True, in_chans=1, num_classes=1,
-                                     **kwargs)
+            return _with_head(timm.create_model(arch, pretrained=True, in_chans=1,
+                                                num_classes=1, **kwargs), head)
         except RuntimeError as e:  # the ImageNet weights are res2net's own shapes
             raise _misfit(pretrained, arch, arch_kwargs, e) from e
         except Exception as e:  # noqa: BLE001 - offline, hub errors: say what to do
@@ -171,10 +207,27 @@ def create_model(arch: str, arch_kwargs: dict[str, Any] | None = None,
                 f"({' '.join(str(e).split())[:160] or type(e).__name__}); on a machine without "
                 "internet save them elsewhere (torch.save(timm.create_model(ARCH, "
                 "pretrained=True).state_dict(), FILE)) and pass --pretrained FILE") from e
-    model = timm.create_model(arch, pretrained=False, in_chans=1, num_classes=1, **kwargs)
+    model = _with_head(timm.create_model(arch, pretrained=False, in_chans=1, num_classes=1,
+                                         **kwargs), head)
     if pretrained is not None:
         _load_timm_checkpoint(model, pretrained, arch, arch_kwargs)
     return model
+
+
+def _with_head(model, head: str):
+    """timm's model with its fc replaced by the cosine head when asked (keys fc.weight)."""
+    if head == "cosine":
+        model.fc = cosine_head(model.num_features)
+    return model
+
+
+def network(arch: str, loss: str = "bce") -> tuple[str, dict[str, Any]]:
+    """(timm model name, arch_kwargs) a run trains: the preset's, plus the head its loss
+    needs (OC-Softmax: the cosine head)."""
+    name, kwargs = resolve_arch(arch)
+    if loss == "oc-softmax":
+        kwargs["head"] = "cosine"
+    return name, kwargs
 
 
 def _load_timm_checkpoint(model, path: str, arch: str, arch_kwargs) -> None:

@@ -19,12 +19,12 @@ from trainer.augment import AugmentConfig, CopySynthesisConfig
 RECIPES = {
     "original": {
         "recipe": "original", "lr": 1e-4, "optimizer": "adam", "weight_decay": 0.0,
-        "scheduler": "none", "warmup_epochs": 0.0, "class_balance": False,
+        "scheduler": "none", "warmup_epochs": 0.0, "class_balance": False, "loss": "bce",
         "augment": None, "copy_synthesis": None, "epochs": 10,
     },
     "default": {
         "recipe": "default", "lr": 1e-3, "optimizer": "adamw", "weight_decay": 1e-2,
-        "scheduler": "warmup-cosine", "warmup_epochs": 1.0, "class_balance": True,
+        "scheduler": "warmup-cosine", "warmup_epochs": 1.0, "class_balance": True, "loss": "bce",
         "augment": AugmentConfig().to_dict(),
         "copy_synthesis": CopySynthesisConfig(copies=1).to_dict(), "epochs": 10,
     },

@@ -100,7 +100,8 @@ def recipe_record(cfg) -> dict:
         "bn_batches": cfg.bn_batches,
         "optimizer": {"adam": "Adam", "adamw": "AdamW"}[cfg.optimizer],
         "weight_decay": cfg.weight_decay,
-        "loss": "binary cross-entropy" + (", class-balanced" if cfg.class_balance else ""),
+        "loss": ({"bce": "binary cross-entropy", "oc-softmax": "OC-Softmax (cosine head)"}
+                 [cfg.loss] + (", class-balanced" if cfg.class_balance else "")),
         "inputs": "random crops of cached audio" if cfg.from_audio else "frozen windows",
         "augmentation": cfg.augment if cfg.augment is not None else "none",
         "copy_synthesis": cfg.copy_synthesis if cfg.copy_synthesis is not None else "none",

@@ -17,9 +17,9 @@ from trainer.distributed import Dist
 from trainer.log import Log
 from trainer.loop import (
     AudioWindows,
-    balanced_bce,
     build_optimizer,
     epoch_loader,
+    make_loss,
     make_train_dataset,
     pin_determinism,
     recalibrate_batchnorm,
@@ -27,7 +27,7 @@ from trainer.loop import (
     train_one_epoch,
     unwrap,
 )
-from trainer.model import count_parameters, create_model, resolve_arch
+from trainer.model import count_parameters, create_model, network
 from trainer.prepare import prepare_data
 from trainer.report import report
 from trainer.rundir import (
@@ -88,7 +88,7 @@ def _prepare(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log) ->
 def _run(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log) -> int:
     import torch
 
-    arch_name, arch_kwargs = resolve_arch(cfg.arch)
+    arch_name, arch_kwargs = network(cfg.arch, cfg.loss)
     _prepare(cfg, resume, out, dist, log)
     table = read_dataset(out)
     state = RunState(
@@ -150,7 +150,7 @@ def _run(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log) -> int
     loader_workers = min(cfg.workers, 4) if dist.cuda and cfg.workers > 1 else 0
     if cfg.from_audio and cfg.workers > 1:
         loader_workers = cfg.workers if dist.cuda else 1
-    loss_fn = balanced_bce(labels, cfg.class_balance).to(dist.device)
+    loss_fn = make_loss(labels, cfg.class_balance, cfg.loss).to(dist.device)
     if not resume and (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()
     if resume and dist.main:

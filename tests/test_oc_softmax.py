@@ -1,0 +1,93 @@
+"""--loss oc-softmax: the one-class loss of Zhang et al. (2021) on a cosine head, trained,
+recorded in model.json and exported like any other dfa model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from tests.datasets import FAST_TRAIN  # noqa: E402
+from trainer.loop import make_loss  # noqa: E402
+from trainer.model import OC_ALPHA, OC_M_FAKE, OC_M_REAL, create_model, network  # noqa: E402
+
+runner = CliRunner()
+
+
+def zhang_loss(cos, y, spoof_weight=1.0):
+    """OC-Softmax as its authors' code writes it (AIR-ASVspoof loss.py, label 0 = bona fide):
+    softplus(alpha * (m_real - cos)) for bona fide, softplus(alpha * (cos - m_fake)) for
+    spoofs; summed here, spoofs weighted as class balance weights them."""
+    sp = torch.nn.functional.softplus
+    return (sp(OC_ALPHA * (OC_M_REAL - cos)) * (1 - y)
+            + spoof_weight * sp(OC_ALPHA * (cos - OC_M_FAKE)) * y).sum()
+
+
+@pytest.mark.parametrize("balance", [False, True])
+def test_the_loss_on_the_heads_logit_is_oc_softmax(balance):
+    rng = np.random.default_rng(0)
+    feats = torch.tensor(rng.normal(size=(64, 24)), dtype=torch.float32)
+    y = torch.tensor(rng.integers(0, 2, 64), dtype=torch.float32)
+    y[:3] = 0  # both classes, more bona fide: class balance weights spoofs up
+    head = create_model(*network("tiny", "oc-softmax")).fc
+    head = type(head)(24)
+    logits = head(feats).reshape(-1)
+    cos = torch.nn.functional.cosine_similarity(feats, head.weight, dim=1)
+    labels = y.int().tolist()
+    weight = labels.count(0) / labels.count(1) if balance else 1.0
+    got = make_loss(labels, balance, "oc-softmax")(logits, y)
+    assert torch.allclose(got, zhang_loss(cos, y, weight), rtol=1e-5)
+    # the logit is positive (spoof) exactly below the midpoint of the two margins
+    assert torch.equal(logits > 0, cos < (OC_M_REAL + OC_M_FAKE) / 2)
+    assert not torch.allclose(got, make_loss(labels, balance, "bce")(logits, y))
+
+
+def test_cosine_head_scores_the_bona_fide_direction_lowest():
+    head = create_model(*network("tiny", "oc-softmax")).fc
+    w = head.weight.detach()
+    with torch.no_grad():
+        along, against = head(3.0 * w), head(-w)
+    assert float(along) == pytest.approx(OC_ALPHA * ((OC_M_REAL + OC_M_FAKE) / 2 - 1), abs=1e-4)
+    assert float(against) == pytest.approx(OC_ALPHA * ((OC_M_REAL + OC_M_FAKE) / 2 + 1),
+                                           abs=1e-4)
+    assert create_model(*network("tiny")).fc.__class__ is torch.nn.Linear
+
+
+def test_oc_softmax_run_is_recorded_exported_and_kept_apart(
+        itw_dataset, features_json, feature_cache, trained_run, tmp_path):
+    from export.cli import app as export_app
+    from trainer.cli import app as train_app
+
+    out = tmp_path / "oc"
+    r = runner.invoke(train_app, [str(a) for a in (
+        itw_dataset, "--out", out, "--epochs", "2", "--feature-config", features_json,
+        "--cache-dir", feature_cache, "--loss", "oc-softmax", *FAST_TRAIN)])
+    assert r.exit_code == 0, r.stderr + r.stdout
+    assert json.loads((out / "run.json").read_text())["config"]["loss"] == "oc-softmax"
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["arch_kwargs"]["head"] == "cosine"
+    assert meta["metrics"]["recipe"]["loss"] == "OC-Softmax (cosine head)"
+    state = torch.load(out / "model.pth", map_location="cpu", weights_only=True)
+    assert "fc.weight" in state and "fc.bias" not in state
+    # dfa-export rebuilds the cosine head from model.json and checks torch vs onnxruntime
+    e = runner.invoke(export_app, [str(out / "model.pth"), str(tmp_path / "oc.onnx")])
+    assert e.exit_code == 0, e.stderr + e.stdout
+    assert "end to end" in e.stdout and "FAIL" not in e.stdout
+    # a BCE model is another network: fine-tuning one with OC-Softmax is refused by name
+    r = runner.invoke(train_app, [str(a) for a in (
+        itw_dataset, "--out", tmp_path / "ft", "--epochs", "1", "--feature-config",
+        features_json, "--cache-dir", feature_cache, "--loss", "oc-softmax",
+        "--init-from", trained_run[0], *FAST_TRAIN)])
+    assert r.exit_code == 2 and "arch_kwargs" in r.stderr and "cosine" in r.stderr
+
+
+def test_run_json_refuses_an_unknown_loss():
+    from trainer.config import TrainConfig
+
+    with pytest.raises(ValueError, match="'loss'"):
+        TrainConfig.from_dict({"data_dir": "d", "out": "o", "loss": "hinge"})
