@@ -89,6 +89,15 @@ def test_splits_file_may_mark_rows_unused(tmp_path):
         splits_from_file(p, table)
 
 
+def test_split_line_says_what_left_rows_unused():
+    from trainer.data import split_summary
+
+    table = attack_table().head(4).assign(split=["train", "unused", "test", "val"])
+    assert split_summary(table, "marked so in s.csv").endswith("1 unused (marked so in s.csv)")
+    assert split_summary(table, "--holdout-attack gl").endswith("(--holdout-attack gl)")
+    assert "unused" not in split_summary(table.assign(split="train"), "x")
+
+
 # ----------------------------------------------------------------------- audio cache
 
 def test_audio_cache_is_exact_for_16_bit_files_and_refuses_what_the_runtime_refuses(tmp_path):

@@ -171,7 +171,9 @@ def hold_out_attack(table: pd.DataFrame, split: pd.Series, attack: str) -> pd.Se
     return out
 
 
-def split_summary(table: pd.DataFrame) -> str:
+def split_summary(table: pd.DataFrame, unused_by: str = "--holdout-attack") -> str:
+    """One line of split sizes; `unused_by` says what left the unused rows out (the option
+    or the splits file)."""
     parts = []
     for name in SPLITS:
         rows = table[table["split"] == name]
@@ -179,5 +181,5 @@ def split_summary(table: pd.DataFrame) -> str:
                      f"{(rows['label'] == 1).sum()} spoof, {rows['speaker'].nunique()} speakers)")
     unused = int((table["split"] == UNUSED).sum())
     if unused:
-        parts.append(f"{unused} unused (--holdout-attack)")
+        parts.append(f"{unused} unused ({unused_by})")
     return "; ".join(parts)

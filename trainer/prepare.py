@@ -96,8 +96,9 @@ def prepare_data(cfg: TrainConfig, out: Path, log: Log) -> None:
     how = cfg.splits_file or cfg.split
     if cfg.holdout_attack:
         how += f", --holdout-attack {cfg.holdout_attack}"
-    log.info(f"split ({how}): "
-             f"{split_summary(table)}")
+    unused_by = (f"--holdout-attack {cfg.holdout_attack}" if cfg.holdout_attack
+                 else f"marked so in {cfg.splits_file}" if cfg.splits_file else "")
+    log.info(f"split ({how}): {split_summary(table, unused_by)}")
 
 
 def add_copies(table, cfg: TrainConfig, progress):
