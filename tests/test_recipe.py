@@ -405,6 +405,53 @@ def test_training_windows_pickle_for_spawned_loader_workers(tmp_path):
     assert (x.numpy() == ds[0][0].numpy()).all()  # (seed, epoch, index) fixes the window
 
 
+def test_paired_copies_share_their_sources_batch_crop_and_augmentation(tmp_path):
+    import soundfile as sf
+
+    from trainer.cache import write_audio
+    from trainer.config import TrainConfig
+    from trainer.loop import AudioWindows, pair_keys, paired_order
+
+    files = ["a", "b", "a#copy-lpc-0", "c", "b#copy-phase-0", "a#copy-phase-1"]
+    copy_of = ["", "", "a", "", "b", "a"]
+    keys = pair_keys(copy_of, files)
+    assert keys == [0, 1, 0, 3, 1, 0]
+    order = paired_order(keys, seed=0, epoch=1)
+    assert sorted(order) == list(range(6))
+    for i, j in enumerate(order):  # a copy comes right after its source or a sibling
+        if copy_of[j]:
+            assert keys[order[i - 1]] == keys[j] and i > 0
+    assert order.index(0) < order.index(2) and order.index(1) < order.index(4)
+    epochs = {tuple(paired_order(keys, 0, e)) for e in range(8)}
+    assert len(epochs) > 1 and paired_order(keys, 0, 3) == paired_order(keys, 0, 3)
+
+    # one file twice: keyed together, the two items are the same crop, augmented the same
+    sf.write(tmp_path / "a.wav", speechlike(6.0), SR, subtype="PCM_16")
+    n = write_audio(tmp_path / "a.wav", FeatureConfig(), tmp_path / "a.npy")
+    cfg = TrainConfig(data_dir="d", out="o", recipe="default",
+                      augment={"noise_p": 1.0, "mask_p": 1.0})
+    pytest.importorskip("torch")
+    two = [str(tmp_path / "a.npy")] * 2
+    paired = AudioWindows(two, [n, n], [0, 1], cfg, keys=[0, 0])
+    assert (paired[0][0].numpy() == paired[1][0].numpy()).all()
+    apart = AudioWindows(two, [n, n], [0, 1], cfg)
+    assert not (apart[0][0].numpy() == apart[1][0].numpy()).all()
+
+
+def test_pair_copies_is_recorded_and_needs_copies(itw_dataset, features_json, feature_cache,
+                                                  tmp_path):
+    pytest.importorskip("torch")
+    r = run_train([itw_dataset, "--out", tmp_path / "r", "--pair-copies", "--copies", "0"])
+    assert r.exit_code == 2 and "--pair-copies" in r.stderr and "--copies 1" in r.stderr
+    out = tmp_path / "paired"
+    r = run_train([itw_dataset, "--out", out, "--epochs", "1", "--feature-config",
+                   features_json, "--cache-dir", feature_cache, "--pair-copies",
+                   *DEFAULT_FAST])
+    assert r.exit_code == 0, r.stderr + r.stdout
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["metrics"]["recipe"]["copy_synthesis"]["paired"] is True
+
+
 def test_copies_need_bona_fide_training_clips(tmp_path):
     import io
 

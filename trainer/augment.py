@@ -272,9 +272,15 @@ class CopySynthesisConfig:
     changes, the speaker and words do not, so only vocoder artefacts tell them apart.
     `copies` spoofs per bona fide training clip, the vocoders taken in turn, made once
     when the run prepares its data (vocoding costs 0.1-0.3 s per clip, too much to redo
-    every epoch on a CPU) and cached; they never enter val or test."""
+    every epoch on a CPU) and cached; they never enter val or test.
+
+    `paired`: each copy trains next to its source, in the same batch, with the same crop
+    and the same augmentation draws (Wang and Yamagishi, ICASSP 2024, batch bona fide
+    clips with their vocoded versions), so within a batch the vocoder is the only
+    difference between the two."""
     copies: int = 0
     vocoders: tuple[str, ...] = field(default=("lpc", "phase", "channel", "sinusoidal"))
+    paired: bool = False
 
     def __post_init__(self):
         if not isinstance(self.copies, int) or isinstance(self.copies, bool) or not (
@@ -287,13 +293,16 @@ class CopySynthesisConfig:
         if unknown or (self.copies and not self.vocoders):
             raise ValueError(f"copy_synthesis vocoders: unknown {sorted(unknown)}; known: "
                              f"{VOCODERS}")
+        if not isinstance(self.paired, bool):
+            raise ValueError(f"copy_synthesis paired must be true or false, got "
+                             f"{self.paired!r}")
 
     def to_dict(self) -> dict:
-        return {"copies": self.copies, "vocoders": list(self.vocoders)}
+        return {"copies": self.copies, "vocoders": list(self.vocoders), "paired": self.paired}
 
     @classmethod
     def from_dict(cls, d: dict) -> CopySynthesisConfig:
-        unknown = sorted(set(d) - {"copies", "vocoders"})
+        unknown = sorted(set(d) - {"copies", "vocoders", "paired"})
         if unknown:
             raise ValueError("copy_synthesis has unknown key(s) "
                              + ", ".join(map(repr, unknown[:5])))

@@ -132,6 +132,9 @@ def train(
                                       "(default 1; original 0)."),
     vocoders: str | None = typer.Option(None, metavar="A,B", help="Copy-synthesis vocoders "
                                         "(default lpc,phase,channel,sinusoidal)."),
+    pair_copies: bool = typer.Option(False, "--pair-copies", help="Train each copy next to "
+                                     "its source: same batch, same crop, same augmentation "
+                                     "draws (the vocoder is the only difference)."),
     workers: int | None = typer.Option(None, min=1, help="Cache worker processes (default: "
                                        "CPU count, at most 8); on GPU the data loaders use "
                                        "up to 4 (frozen windows) or all (default recipe), on "
@@ -213,7 +216,7 @@ def train(
                 fcfg = FeatureConfig.original() if whole_clip else FeatureConfig()
         except (OSError, ValueError) as e:
             raise fail(f"{feature_config}: {e}") from None
-        settings = recipe_options(ctx, recipe.value, augment, copies, vocoders,
+        settings = recipe_options(ctx, recipe.value, augment, copies, vocoders, pair_copies,
                                   {"epochs": epochs, "lr": lr, "scheduler": scheduler.value,
                                    "optimizer": optimizer.value,
                                    "weight_decay": weight_decay,
@@ -246,7 +249,7 @@ def train(
 
 
 def recipe_options(ctx: typer.Context, recipe: str, augment: str | None, copies: int | None,
-                   vocoders: str | None, options: dict) -> dict:
+                   vocoders: str | None, pair_copies: bool, options: dict) -> dict:
     """The recipe's settings, with every option the user gave on the command line in
     place of the recipe's value (so `--recipe original --lr 3e-4` is the original at
     another rate)."""
@@ -276,10 +279,15 @@ def recipe_options(ctx: typer.Context, recipe: str, augment: str | None, copies:
         copy["copies"] = copies
     if vocoders is not None:
         copy["vocoders"] = [v.strip() for v in vocoders.split(",") if v.strip()]
+    if given(ctx, "pair_copies"):
+        copy["paired"] = pair_copies
     try:
         copy_cfg = CopySynthesisConfig.from_dict(copy)
     except (ValueError, TypeError) as e:
         raise fail(f"--copies/--vocoders: {e}") from None
+    if copy_cfg.paired and not copy_cfg.copies:
+        raise fail("--pair-copies pairs copy-synthesis spoofs with their sources: it needs "
+                   "--copies 1 or more")
     settings["copy_synthesis"] = copy_cfg.to_dict() if copy_cfg.copies else None
     if settings["recipe"] == "original" and (settings["augment"] or
                                              settings["copy_synthesis"]):

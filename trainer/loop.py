@@ -44,8 +44,11 @@ class AudioWindows:
     spawned as well as forked."""
 
     def __init__(self, files: list[str], samples: list[int], labels: list[int],
-                 cfg: TrainConfig):
+                 cfg: TrainConfig, keys: list[int] | None = None):
         self.files, self.samples, self.labels = files, samples, labels
+        # The index whose random draws (crop, augmentation) an item uses: its own, or with
+        # paired copies its source's, so a copy is cropped and augmented as its source is.
+        self.keys = list(range(len(files))) if keys is None else keys
         self.fcfg = cfg.feature_config
         self.aug = cfg.augment_config
         self.seed = cfg.seed
@@ -62,7 +65,7 @@ class AudioWindows:
         from trainer.cache import load_audio
 
         fcfg, aug = self.fcfg, self.aug
-        rng = np.random.default_rng([self.seed, self.epoch, i, 1])
+        rng = np.random.default_rng([self.seed, self.epoch, self.keys[i], 1])
         size, n = fcfg.window_samples, self.samples[i]
         if size is None:  # whole clip (the original's --whole-clip features)
             audio = load_audio(self.files[i])
@@ -186,12 +189,41 @@ def recalibrate_batchnorm(model, dataset, cfg: TrainConfig, dist: Dist, epoch: i
     return used
 
 
-def epoch_loader(dataset, cfg: TrainConfig, dist: Dist, epoch: int, workers: int):
+def pair_keys(copy_of: list[str], files: list[str]) -> list[int]:
+    """For each training row, the row whose draws it shares: a copy's source row (found by
+    file name), everything else itself."""
+    where = {f: i for i, (f, c) in enumerate(zip(files, copy_of, strict=True)) if not c}
+    return [where.get(c, i) if c else i for i, c in enumerate(copy_of)]
+
+
+def paired_order(keys: list[int], seed: int, epoch: int) -> list[int]:
+    """A shuffled epoch in which each source is followed by its copies: units (a row and
+    the rows keyed to it) in an order that is a function of (seed, epoch)."""
+    units: dict[int, list[int]] = {}
+    for i, k in enumerate(keys):
+        units.setdefault(k, []).append(i)
+    heads = sorted(units)
+    rng = np.random.default_rng([seed, epoch, 7])
+    return [i for h in rng.permutation(heads).tolist() for i in sorted(units[h], key=lambda
+            j: (j != h, j))]
+
+
+def epoch_loader(dataset, cfg: TrainConfig, dist: Dist, epoch: int, workers: int,
+                 keys: list[int] | None = None):
     """The epoch's shuffled batches: a function of (seed, epoch), so an epoch repeats on
-    --resume without saved loader state."""
+    --resume without saved loader state. With `keys` (paired copies) a source and its
+    copies are consecutive, so they share a batch but at a batch's edge; on several ranks
+    each takes a contiguous block of the order (padded from its start to equal length)."""
     import torch
 
     dataset.epoch = epoch
+    if keys is not None:
+        order = paired_order(keys, cfg.seed, epoch)
+        per = -(-len(order) // dist.world)
+        order = (order * 2)[: per * dist.world][dist.rank * per: (dist.rank + 1) * per]
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=cfg.batch_size, sampler=order, num_workers=workers,
+            pin_memory=dist.cuda, persistent_workers=False)
     if dist.world > 1:
         sampler = torch.utils.data.DistributedSampler(
             dataset, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed)

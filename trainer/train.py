@@ -21,6 +21,7 @@ from trainer.loop import (
     epoch_loader,
     make_loss,
     make_train_dataset,
+    pair_keys,
     pin_determinism,
     recalibrate_batchnorm,
     score_files,
@@ -118,9 +119,12 @@ def _run(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log) -> int
         model = model.to(memory_format=torch.channels_last)
     state.model = model
     labels = train["label"].astype(int).tolist()
+    keys = None
     if cfg.from_audio:
+        if cfg.copy_config.copies and cfg.copy_config.paired:
+            keys = pair_keys(train["copy_of"].tolist(), train["file"].tolist())
         dataset = AudioWindows(train["audio"].tolist(),
-                               train["samples"].astype(int).tolist(), labels, cfg)
+                               train["samples"].astype(int).tolist(), labels, cfg, keys)
     else:
         dataset = make_train_dataset(train["cache"].tolist(), labels, cfg.seed)
     steps = -(-len(dataset) // (cfg.batch_size * dist.world))
@@ -158,7 +162,7 @@ def _run(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log) -> int
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
-        loader = epoch_loader(dataset, cfg, dist, epoch, loader_workers)
+        loader = epoch_loader(dataset, cfg, dist, epoch, loader_workers, keys)
         lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains with
         loss_sum, correct, seen, train_time = train_one_epoch(
             train_model, loader, optimizer, loss_fn, cfg, dist, epoch, log, t0,
