@@ -78,12 +78,20 @@ def test_oc_softmax_run_is_recorded_exported_and_kept_apart(
     e = runner.invoke(export_app, [str(out / "model.pth"), str(tmp_path / "oc.onnx")])
     assert e.exit_code == 0, e.stderr + e.stdout
     assert "end to end" in e.stdout and "FAIL" not in e.stdout
+    # and to int8 (F.normalize's ReduceL2 + Expand once broke the int8 pre-processing)
+    e = runner.invoke(export_app, [str(a) for a in (
+        out / "model.pth", tmp_path / "oc.int8.onnx", "--quantize", "int8", "--calibration",
+        itw_dataset, "--calibration-files", "20", "--agreement-files", "60",
+        "--min-agreement", "0.5", "--max-eer-increase", "1.0")])
+    assert e.exit_code == 0, e.stderr + e.stdout
+    assert "int8 quantization" in e.stdout
     # a BCE model is another network: fine-tuning one with OC-Softmax is refused by name
     r = runner.invoke(train_app, [str(a) for a in (
         itw_dataset, "--out", tmp_path / "ft", "--epochs", "1", "--feature-config",
         features_json, "--cache-dir", feature_cache, "--loss", "oc-softmax",
         "--init-from", trained_run[0], *FAST_TRAIN)])
     assert r.exit_code == 2 and "arch_kwargs" in r.stderr and "cosine" in r.stderr
+    assert "use the --loss it was trained with" in r.stderr
 
 
 def test_run_json_refuses_an_unknown_loss():

@@ -436,6 +436,14 @@ def test_paired_copies_share_their_sources_batch_crop_and_augmentation(tmp_path)
     assert (paired[0][0].numpy() == paired[1][0].numpy()).all()
     apart = AudioWindows(two, [n, n], [0, 1], cfg)
     assert not (apart[0][0].numpy() == apart[1][0].numpy()).all()
+    # a copy of a long source is shorter (vocoded up to COPY_MAX_S): it still starts where
+    # its source does (unless that is past its end) and draws the same augmentation
+    short = tmp_path / "short.npy"
+    np.save(short, np.load(tmp_path / "a.npy")[: n - 100])
+    paired = AudioWindows([two[0], str(short)], [n, n - 100], [0, 1], cfg, keys=[0, 0])
+    for epoch in range(4):
+        paired.epoch = epoch
+        assert (paired[0][0].numpy() == paired[1][0].numpy()).all()
 
 
 def test_pair_copies_is_recorded_and_needs_copies(itw_dataset, features_json, feature_cache,

@@ -275,9 +275,9 @@ class CopySynthesisConfig:
     every epoch on a CPU) and cached; they never enter val or test.
 
     `paired`: each copy trains next to its source, in the same batch, with the same crop
-    and the same augmentation draws (Wang and Yamagishi, ICASSP 2024, batch bona fide
-    clips with their vocoded versions), so within a batch the vocoder is the only
-    difference between the two."""
+    and the same augmentation draws (Wang and Yamagishi, ICASSP 2023, batch bona fide
+    clips with their vocoded versions; their contrastive feature loss is not used here),
+    so within a batch the vocoder is the only difference between the two."""
     copies: int = 0
     vocoders: tuple[str, ...] = field(default=("lpc", "phase", "channel", "sinusoidal"))
     paired: bool = False

@@ -287,7 +287,7 @@ def recipe_options(ctx: typer.Context, recipe: str, augment: str | None, copies:
         raise fail(f"--copies/--vocoders: {e}") from None
     if copy_cfg.paired and not copy_cfg.copies:
         raise fail("--pair-copies pairs copy-synthesis spoofs with their sources: it needs "
-                   "--copies 1 or more")
+                   "--copies 1 or more (default recipe)")
     settings["copy_synthesis"] = copy_cfg.to_dict() if copy_cfg.copies else None
     if settings["recipe"] == "original" and (settings["augment"] or
                                              settings["copy_synthesis"]):

@@ -67,9 +67,13 @@ def check_same_network(source: str | Path, arch: str, arch_kwargs: dict,
               "features": meta.features.to_dict()}
     for key in ("arch", "arch_kwargs"):
         if _norm(ours[key]) != _norm(theirs[key]):
+            head = (ours[key].get("head", "linear"), theirs[key].get("head", "linear")) \
+                if key == "arch_kwargs" else (None, None)
+            hint = ("use the --loss it was trained with (oc-softmax has a cosine head, bce a "
+                    "linear one)" if head[0] != head[1] else
+                    "use the same --arch as the model you start from")
             raise InitError(f"--init-from {source}: its {key} {theirs[key]} differs from this "
-                            f"run's {ours[key]}; use the same --arch as the model you start "
-                            "from")
+                            f"run's {ours[key]}; {hint}")
     changed = sorted(k for k in set(ours["features"]) | set(theirs["features"])
                      if ours["features"].get(k) != theirs["features"].get(k))
     if changed:

@@ -67,10 +67,14 @@ class AudioWindows:
         fcfg, aug = self.fcfg, self.aug
         rng = np.random.default_rng([self.seed, self.epoch, self.keys[i], 1])
         size, n = fcfg.window_samples, self.samples[i]
+        # The crop is drawn over the keyed row's length: a paired copy (at most the first
+        # COPY_MAX_S of its source) starts where its source does and uses the same draws.
+        n_key = self.samples[self.keys[i]]
+        start = int(rng.integers(0, n_key - size + 1)) if size and n_key > size else 0
         if size is None:  # whole clip (the original's --whole-clip features)
             audio = load_audio(self.files[i])
         elif n > size:
-            start = int(rng.integers(0, n - size + 1))
+            start = min(start, n - size)
             audio = load_audio(self.files[i], start, start + size)
         else:
             audio = pad_to(load_audio(self.files[i]), size, fcfg.pad)

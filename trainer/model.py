@@ -106,7 +106,7 @@ def cosine_head(in_features: int):
     dfa's contract is one spoof logit per window, so the head returns
     ALPHA * (CENTRE - cos): positive (spoof) below the midpoint of the two margins, and
     the OC-Softmax loss is binary cross-entropy on that logit shifted by the margin
-    (trainer.loop.oc_softmax_loss)."""
+    (trainer.loop.make_loss)."""
     import torch
     import torch.nn.functional as F
 
@@ -117,8 +117,11 @@ def cosine_head(in_features: int):
             torch.nn.init.kaiming_uniform_(self.weight, a=0.25)
 
         def forward(self, x):
-            cos = F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
-            return OC_ALPHA * (OC_CENTRE - cos)
+            # x / |x| as x * rsqrt(sum x^2): F.normalize exports as ReduceL2 + Expand,
+            # which onnxruntime's shape inference (int8 pre-processing) cannot follow.
+            x = x * torch.rsqrt((x * x).sum(dim=1, keepdim=True).clamp_min(1e-24))
+            w = self.weight * torch.rsqrt((self.weight * self.weight).sum().clamp_min(1e-24))
+            return OC_ALPHA * (OC_CENTRE - F.linear(x, w))
 
     return CosineHead(in_features)
 
