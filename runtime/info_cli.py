@@ -93,6 +93,8 @@ def card(info: dict) -> list[str]:
     lines.append(f"  decision        {md['labels']['1']} when P(spoof) >= {md['threshold']:.4f} "
                  f"({md['threshold_source']}); file score = {md['aggregation']} of its "
                  "windows")
+    for caveat in metrics.get("threshold_caveats") or []:
+        lines.append(f"  caution         {caveat}")
     cal = md.get("calibration") or {}
     lines.append("  calibration     " + (
         f"llr = {cal['scale']:.3f} * logit(P(spoof)) {cal['offset']:+.3f} (fitted on "

@@ -67,6 +67,9 @@ def test_dfa_info_describes_an_exported_model(exported, run):
     assert "train " in r.stdout and "speakers)" in r.stdout  # the data line
     assert "recipe          3 epochs" in r.stdout and "EER " in r.stdout
     assert "weights         float32" in r.stdout
+    caveats = md.metrics["threshold_caveats"]  # what the run warned about its threshold
+    assert all(f"caution         {c}" in r.stdout for c in caveats)
+    assert r.stdout.count("caution ") == len(caveats)
 
 
 def test_dynamic_batch_and_probability_output(exported):

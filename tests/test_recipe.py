@@ -350,6 +350,9 @@ def test_original_recipe_and_holdout_attack_end_to_end(itw_dataset, features_jso
     assert "vocoder-a" not in set(dataset.loc[dataset["split"].isin(["train", "val"]),
                                               "attack"])
     assert "--holdout-attack vocoder-a" in r.stderr
+    # a speaker split of 6 speakers validates on one voice: the run says what that means
+    assert "warning: the threshold and calibration are fitted on 1 validation speaker;" \
+        in r.stderr
     meta = json.loads((out / "model.json").read_text())
     assert meta["metrics"]["recipe"]["holdout_attack"] == "vocoder-a"
     assert meta["metrics"]["recipe"]["inputs"] == "frozen windows"
@@ -444,6 +447,18 @@ def test_paired_copies_share_their_sources_batch_crop_and_augmentation(tmp_path)
     for epoch in range(4):
         paired.epoch = epoch
         assert (paired[0][0].numpy() == paired[1][0].numpy()).all()
+
+
+def test_threshold_caveats_name_few_speakers_and_a_separable_split():
+    from trainer.report import threshold_caveats
+
+    val = pd.DataFrame({"speaker": ["a", "a", "b", "c"], "label": [0, 0, 1, 1]})
+    assert threshold_caveats(val, np.array([0.1, 0.4, 0.3, 0.9])) == []
+    (gap,) = threshold_caveats(val, np.array([0.1, 0.2, 0.3, 0.9]))
+    assert "separates the classes completely" in gap
+    one = val.assign(speaker="a")
+    (few,) = threshold_caveats(one, np.array([0.1, 0.4, 0.3, 0.9]))
+    assert "fitted on 1 validation speaker;" in few and "dfa-eval" in few
 
 
 def test_pair_copies_is_recorded_and_needs_copies(itw_dataset, features_json, feature_cache,

@@ -33,6 +33,9 @@ def report(run: RunState, scores: dict[str, np.ndarray]) -> None:
         _, threshold = M.eer(val["label"], scores["val"])
         source = "val-eer"
     threshold = float(min(1.0, max(0.0, threshold)))
+    caveats = threshold_caveats(val, scores["val"])
+    for caveat in caveats:
+        run.log.info(f"warning: {caveat}")
     calibration = fit_calibration(val["label"], scores["val"])
     if calibration["scale"] <= 0:  # scores that do not rank spoofs higher: no LLRs
         run.log.info("calibration: the validation scores do not rank spoofs above bona fide; "
@@ -68,6 +71,7 @@ def report(run: RunState, scores: dict[str, np.ndarray]) -> None:
             "split": cfg.split if not cfg.splits_file else f"file:{cfg.splits_file}",
             "preset": cfg.arch, "best_epoch": best["epoch"], "epochs": cfg.epochs,
             "parameters": count_parameters(run.model),
+            "threshold_caveats": caveats,
         },
         versions={"dfa": __version__, "torch": torch.__version__, "timm": timm.__version__},
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -76,6 +80,30 @@ def report(run: RunState, scores: dict[str, np.ndarray]) -> None:
     set_status(out, cfg, "done")
     run.log.result(format_summary(out, cfg, best, threshold, source, test_summary, groups,
                                   calibration))
+
+
+# Below this many validation speakers the threshold and calibration are one or two voices'
+# (BENCHMARKS.md, "Thresholds on voices and attacks the validation split lacks").
+FEW_VAL_SPEAKERS = 3
+
+
+def threshold_caveats(val, val_scores: np.ndarray) -> list[str]:
+    """What makes the validation split a weak place to set the threshold, in words: too few
+    speakers (other voices' bona fide scores sit elsewhere), or classes it separates
+    completely (any threshold in the gap fits it; unseen attacks fall inside the gap)."""
+    out = []
+    speakers = int(val["speaker"].nunique())
+    labels = np.asarray(val["label"], dtype=int)
+    if speakers < FEW_VAL_SPEAKERS:
+        out.append(f"the threshold and calibration are fitted on {speakers} validation "
+                   f"speaker{'s' if speakers != 1 else ''}; on other voices bona fide scores "
+                   "move: check the false-alarm rate with dfa-eval on bona fide audio of your "
+                   "own (--threshold overrides it)")
+    if (labels == 0).any() and (labels == 1).any() and (
+            val_scores[labels == 1].min() > val_scores[labels == 0].max()):
+        out.append("the validation split separates the classes completely, so its threshold "
+                   "is one of many that fit (its EER is 0); attacks it lacks score in the gap")
+    return out
 
 
 def data_counts(splits: dict) -> dict:
