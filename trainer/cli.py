@@ -18,6 +18,7 @@ from runtime.clikit import (
     needs_train_extra,
     new_app,
 )
+from trainer.config import LOSSES
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 trained and reported; 1 the run failed on the way (out of memory, a "
@@ -51,9 +52,7 @@ class Optimizer(str, Enum):
     adamw = "adamw"
 
 
-class Loss(str, Enum):
-    bce = "bce"
-    oc_softmax = "oc-softmax"
+Loss = Enum("Loss", {n: n for n in LOSSES}, type=str)  # trainer.config.LOSSES
 
 
 
@@ -116,7 +115,7 @@ def train(
     weight_decay: float = typer.Option(1e-2, min=0.0, help="Weight decay (original: 0)."),
     warmup_epochs: float = typer.Option(1.0, min=0.0, help="Linear warmup of warmup-cosine, "
                                         "in epochs."),
-    loss: Loss = typer.Option(Loss.bce, help="bce: binary cross-entropy on a linear "
+    loss: Loss = typer.Option("bce", help="bce: binary cross-entropy on a linear "
                               "classifier (both recipes); oc-softmax: the one-class loss "
                               "of Zhang et al. 2021 on a cosine head (bona fide compact, "
                               "spoofs anywhere outside)."),

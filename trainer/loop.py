@@ -224,11 +224,8 @@ def epoch_loader(dataset, cfg: TrainConfig, dist: Dist, epoch: int, workers: int
     if keys is not None:
         order = paired_order(keys, cfg.seed, epoch)
         per = -(-len(order) // dist.world)
-        order = (order * 2)[: per * dist.world][dist.rank * per: (dist.rank + 1) * per]
-        return torch.utils.data.DataLoader(
-            dataset, batch_size=cfg.batch_size, sampler=order, num_workers=workers,
-            pin_memory=dist.cuda, persistent_workers=False)
-    if dist.world > 1:
+        sampler = (order * 2)[: per * dist.world][dist.rank * per: (dist.rank + 1) * per]
+    elif dist.world > 1:
         sampler = torch.utils.data.DistributedSampler(
             dataset, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed)
         sampler.set_epoch(epoch)
