@@ -95,6 +95,10 @@ def card(info: dict) -> list[str]:
                  "windows")
     for caveat in metrics.get("threshold_caveats") or []:
         lines.append(f"  caution         {caveat}")
+    unseen = metrics.get("unseen_attack")
+    if unseen:
+        lines.append(f"  unseen attack   {_pct(unseen['passed'])} of {unseen['files']} validation "
+                     f"copies by {unseen['vocoder']} (never in training) pass at the threshold")
     cal = md.get("calibration") or {}
     lines.append("  calibration     " + (
         f"llr = {cal['scale']:.3f} * logit(P(spoof)) {cal['offset']:+.3f} (fitted on "
@@ -121,11 +125,17 @@ def card(info: dict) -> list[str]:
             copy = r.get("copy_synthesis", "none")
             if isinstance(copy, dict):
                 names = ", ".join(copy.get("vocoders", []))
-                copy = f"{copy.get('copies')} per bona fide clip ({names})"
+                val_vocoder = copy.get("val_vocoder")
+                copy = (f"{copy.get('copies')} per bona fide clip ({names})"
+                        if copy.get("copies") else "none in training")
+                if val_vocoder:
+                    copy += f", validation also on copies by {val_vocoder} (unseen in training)"
             parts.append(f"{r.get('name', 'original')} recipe: {r['optimizer']} lr "
                          f"{r['lr']:g}, batch {r['batch_size']}, scheduler {r['scheduler']}, "
                          f"seed {r['seed']}, precise BN {r['bn_batches']}, {r['loss']}, "
                          f"augmentation {aug}, copy synthesis {copy}")
+            if r.get("ema"):
+                parts.append(f"weights: moving average (decay {r['ema']:g})")
             if r.get("holdout_attack"):
                 parts.append(f"attack held out: {r['holdout_attack']}")
         lines.append("  recipe          " + "; ".join(parts))

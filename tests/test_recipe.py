@@ -304,7 +304,7 @@ def test_default_recipe_run_records_its_recipe_and_copies(default_run):
     out, _ = default_run
     run = json.loads((out / "run.json").read_text())["config"]
     assert run["recipe"] == "default" and run["optimizer"] == "adamw"
-    assert run["augment"]["codec_p"] > 0 and run["copy_synthesis"]["copies"] == 1
+    assert run["augment"]["codec_p"] > 0 and run["copy_synthesis"]["copies"] == 2
     meta = json.loads((out / "model.json").read_text())
     recipe = meta["metrics"]["recipe"]
     assert recipe["name"] == "default" and recipe["optimizer"] == "AdamW"
@@ -315,9 +315,11 @@ def test_default_recipe_run_records_its_recipe_and_copies(default_run):
     copies = dataset[dataset["copy_of"] != ""]
     train_bona = dataset[(dataset["split"] == "train") & (dataset["label"] == 0)
                          & (dataset["copy_of"] == "")]
-    assert len(copies) == len(train_bona) and (copies["label"] == 1).all()
+    assert len(copies) == 2 * len(train_bona) and (copies["label"] == 1).all()
     assert (copies["split"] == "train").all()
     assert set(copies["copy_of"]) == set(train_bona["file"])
+    # each clip through two different vocoders
+    assert (copies.groupby("copy_of")["attack"].nunique() == 2).all()
     assert set(copies["attack"]) <= {"copy-lpc", "copy-phase", "copy-channel",
                                      "copy-sinusoidal"}
     assert len(splits) == len(dataset) - len(copies)  # splits.csv covers meta.csv only
@@ -490,3 +492,72 @@ def test_copies_need_bona_fide_training_clips(tmp_path):
     log = io.StringIO()
     assert add_copies(table, cfg, log).equals(table)
     assert "no bona fide training clip" in log.getvalue()
+
+
+def test_val_vocoder_puts_an_unseen_attack_in_validation_only(itw_dataset, features_json,
+                                                              feature_cache, tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "valvoc"
+    r = run_train([itw_dataset, "--out", out, "--epochs", "1", "--feature-config",
+                   features_json, "--cache-dir", feature_cache, "--val-vocoder", "lpc",
+                   *DEFAULT_FAST])
+    assert r.exit_code == 0, r.stderr + r.stdout
+    data = pd.read_csv(out / "dataset.csv", keep_default_na=False)
+    copies = data[data["copy_of"] != ""]
+    val_copies = copies[copies["split"] == "val"]
+    val_bona = data[(data["split"] == "val") & (data["label"] == 0) & (data["copy_of"] == "")]
+    # one lpc copy of each validation bona fide clip, scored from the feature cache
+    assert sorted(val_copies["copy_of"]) == sorted(val_bona["file"])
+    assert set(val_copies["attack"]) == {"copy-lpc"} and (val_copies["label"] == 1).all()
+    assert (val_copies["cache"] != "").all() and (val_copies["windows"] > 0).all()
+    # training copies use the other vocoders; test has none; splits.csv lists no copy
+    train_copies = copies[copies["split"] == "train"]
+    assert len(train_copies) and "copy-lpc" not in set(train_copies["attack"])
+    assert not len(copies[copies["split"] == "test"])
+    assert "#copy" not in (out / "splits.csv").read_text()
+    scored = pd.read_csv(out / "val_scores.csv")
+    assert scored["file"].str.endswith("#copy-lpc-val").sum() == len(val_copies)
+    meta = json.loads((out / "model.json").read_text())
+    copy = meta["metrics"]["recipe"]["copy_synthesis"]
+    assert copy["val_vocoder"] == "lpc" and "lpc" not in copy["vocoders"]
+    assert meta["metrics"]["data"]["val"]["copy_synthesis_spoofs"] == len(val_copies)
+    assert "validation copies: " + str(len(val_copies)) + " spoofs by lpc" in r.stderr
+    # the copies pick the epoch; the threshold and calibration are the real clips' own
+
+    from runtime import metrics as M
+
+    real = ~scored["file"].str.contains("#copy")
+    y = (scored["label"] == "spoof").astype(int).to_numpy()
+    _, t = M.eer(y[real.to_numpy()], scored.loc[real, "score"].to_numpy())
+    assert meta["threshold"] == pytest.approx(min(1.0, max(0.0, t)), abs=1e-6)
+    assert meta["calibration"]["files"] == int(real.sum())
+    unseen = meta["metrics"]["unseen_attack"]
+    passed = float((scored.loc[~real, "score"] < meta["threshold"]).mean())
+    assert unseen["vocoder"] == "lpc" and unseen["files"] == len(val_copies)
+    assert unseen["passed"] == pytest.approx(passed, abs=1e-3)
+    assert unseen["eer"] == pytest.approx(M.eer(y, scored["score"].to_numpy())[0], abs=1e-3)
+    assert "validation copies by lpc (a vocoder training never used) pass as bona fide" \
+        in r.stderr
+    assert meta["metrics"]["val"]["n"] == int(real.sum())  # the validation summary too
+    from typer.testing import CliRunner
+
+    from export.cli import app as export_app
+    from runtime.info_cli import app as info_app
+
+    e = CliRunner().invoke(export_app, [str(out / "model.pth"), str(tmp_path / "v.onnx")])
+    assert e.exit_code == 0, e.stderr + e.stdout
+    info = CliRunner().invoke(info_app, [str(tmp_path / "v.onnx")])
+    assert (f"unseen attack   {100 * unseen['passed']:.2f}% of {len(val_copies)} validation "
+            "copies by lpc (never in training) pass at the threshold") in info.stdout
+    assert "validation also on copies by lpc" in info.stdout
+
+
+def test_val_vocoder_cannot_also_train(itw_dataset, tmp_path):
+    r = run_train([itw_dataset, "--out", tmp_path / "r", "--vocoders", "lpc,phase",
+                   "--val-vocoder", "lpc"])
+    assert r.exit_code == 2 and "--val-vocoder" in r.stderr and "unseen" in r.stderr
+    r = run_train([itw_dataset, "--out", tmp_path / "r", "--val-vocoder", "wavenet"])
+    assert r.exit_code == 2 and "'wavenet'" in r.stderr
+    r = run_train([itw_dataset, "--out", tmp_path / "r", "--recipe", "original",
+                   "--val-vocoder", "lpc"])
+    assert r.exit_code == 2 and "--val-vocoder" in r.stderr and "default recipe" in r.stderr

@@ -277,10 +277,17 @@ class CopySynthesisConfig:
     `paired`: each copy trains next to its source, in the same batch, with the same crop
     and the same augmentation draws (Wang and Yamagishi, ICASSP 2023, batch bona fide
     clips with their vocoded versions; their contrastive feature loss is not used here),
-    so within a batch the vocoder is the only difference between the two."""
+    so within a batch the vocoder is the only difference between the two.
+
+    `val_vocoder`: one copy of each bona fide *validation* clip by this vocoder joins the
+    validation split as a spoof, and training never uses that vocoder: validation then
+    holds an attack the model has not seen, so model selection and the threshold see how
+    it treats one (a validation split of known attacks is often separated completely,
+    which tells neither anything). Test never gets copies."""
     copies: int = 0
     vocoders: tuple[str, ...] = field(default=("lpc", "phase", "channel", "sinusoidal"))
     paired: bool = False
+    val_vocoder: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.copies, int) or isinstance(self.copies, bool) or not (
@@ -296,13 +303,22 @@ class CopySynthesisConfig:
         if not isinstance(self.paired, bool):
             raise ValueError(f"copy_synthesis paired must be true or false, got "
                              f"{self.paired!r}")
+        if self.val_vocoder is not None:
+            if self.val_vocoder not in VOCODERS:
+                raise ValueError(f"copy_synthesis val_vocoder: unknown {self.val_vocoder!r}; "
+                                 f"known: {VOCODERS}")
+            if self.copies and self.val_vocoder in self.vocoders:
+                raise ValueError(f"copy_synthesis val_vocoder {self.val_vocoder!r} is also a "
+                                 "training vocoder: its validation copies would not be an "
+                                 "unseen attack; leave it out of the vocoders")
 
     def to_dict(self) -> dict:
-        return {"copies": self.copies, "vocoders": list(self.vocoders), "paired": self.paired}
+        return {"copies": self.copies, "vocoders": list(self.vocoders), "paired": self.paired,
+                "val_vocoder": self.val_vocoder}
 
     @classmethod
     def from_dict(cls, d: dict) -> CopySynthesisConfig:
-        unknown = sorted(set(d) - {"copies", "vocoders", "paired"})
+        unknown = sorted(set(d) - {"copies", "vocoders", "paired", "val_vocoder"})
         if unknown:
             raise ValueError("copy_synthesis has unknown key(s) "
                              + ", ".join(map(repr, unknown[:5])))

@@ -7,7 +7,10 @@ processes:
   after waveform augmentation (trainer/augment.py);
 * the feature cache: each file's windows computed once (runtime.features), one .npy per
   file under a folder per FeatureConfig; validation and test scoring (no augmentation)
-  and the original recipe's training read it.
+  and the original recipe's training read it;
+* the copy cache: copy-synthesis spoofs of bona fide clips (trainer/vocoders.py) under
+  copies-<rate>/, named by source, vocoder, seed and index; the windows of validation
+  copies (--val-vocoder) under the FeatureConfig's folder, in copies/.
 """
 
 from __future__ import annotations
@@ -234,8 +237,8 @@ def _copy_one(args: tuple[str, str, int, int, int, str]) -> tuple[str | None, in
 
 
 def build_copies(jobs: list[tuple[str, str, int, int]], sample_rate: int,
-                 cache_root: str | os.PathLike, workers: int, log=sys.stderr
-                 ) -> list[tuple[str | None, int, str]]:
+                 cache_root: str | os.PathLike, workers: int, log=sys.stderr,
+                 what: str = "copy synthesis") -> list[tuple[str | None, int, str]]:
     """Copy-synthesis spoofs for (source cache file, vocoder, seed, index) jobs, in order:
     (cache file or None, samples, error)."""
     root = Path(cache_root) / f"copies-{sample_rate}"
@@ -248,11 +251,50 @@ def build_copies(jobs: list[tuple[str, str, int, int]], sample_rate: int,
         with process_pool(workers) as pool:
             out = pool.map(_copy_one, args, chunksize=4)
     failed = [e for _, _, e in out if e]
-    log.write(f"copy synthesis: {len(out) - len(failed)} spoofs in "
+    log.write(f"{what}: {len(out) - len(failed)} spoofs in "
               f"{time.perf_counter() - start:.0f} s"
               + (f"; {len(failed)} failed and left out, e.g. {failed[0]}" if failed else "")
               + "\n")
     return out
+
+
+def _copy_features_one(args: tuple[str, str, str]) -> tuple[str | None, int, str]:
+    """Worker: the feature windows of a cached copy (for validation, which is scored from
+    the feature cache); (feature file or None, windows, error)."""
+    copy_file, cfg_json, root = args
+    from runtime.audio import AudioArray, AudioError
+
+    cfg = FeatureConfig.from_json(cfg_json)
+    target = Path(root) / "copies" / f"{Path(copy_file).stem}.npy"
+    if target.exists():
+        try:
+            return str(target), int(np.load(target, mmap_mode="r").shape[0]), ""
+        except (OSError, ValueError):
+            pass
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        audio = AudioArray(load_audio(copy_file), cfg.sample_rate, name=copy_file)
+        return str(target), write_features(audio, cfg, target), ""
+    except AudioError as e:  # too short or silent, as dfa-detect would refuse it
+        return None, 0, str(e)
+    except OSError as e:
+        raise DataError(f"{root}: cannot write the feature cache ({e.strerror or e}); free "
+                        "space there or pass another --cache-dir") from e
+    except Exception as e:  # noqa: BLE001 - one copy left out, not the whole run
+        return None, 0, f"feature extraction failed ({type(e).__name__}: {e})"
+
+
+def build_copy_features(copy_files: list[str], cfg: FeatureConfig,
+                        cache_root: str | os.PathLike, workers: int
+                        ) -> list[tuple[str | None, int, str]]:
+    """Feature windows of cached copies, in order: (feature file or None, windows, error).
+    They live beside the FeatureConfig's other windows, under copies/."""
+    root = cache_dir_for(cache_root, cfg)
+    args = [(f, cfg.to_json(), str(root)) for f in copy_files]
+    if workers <= 1 or len(args) < 8:
+        return [_copy_features_one(a) for a in args]
+    with process_pool(workers) as pool:
+        return pool.map(_copy_features_one, args, chunksize=4)
 
 
 def write_features(path: str | os.PathLike, cfg: FeatureConfig, target: Path) -> int:

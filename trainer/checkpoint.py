@@ -11,7 +11,8 @@ from runtime.errors import DfaError
 from runtime.fileio import atomic_path
 from trainer.distributed import Dist
 
-KEYS = ("epoch", "model", "optimizer", "best", "rng")  # plus "scheduler" (None without one)
+# plus "scheduler" (None without one) and, with --ema, "ema" (the averaged network's state)
+KEYS = ("epoch", "model", "optimizer", "best", "rng")
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -41,20 +42,29 @@ def set_rng_state(state: dict, dist: Dist) -> None:
 
 
 def save_checkpoint(path: Path, epoch: int, model, optimizer, scheduler, best: dict,
-                    dist: Dist) -> None:
-    atomic_torch_save({
+                    dist: Dist, ema=None) -> None:
+    state = {
         "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "best": best, "rng": rng_state(dist),
-    }, path)
+    }
+    if ema is not None:
+        state["ema"] = ema.module.state_dict()
+    atomic_torch_save(state, path)
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, dist: Dist) -> tuple[int, dict]:
+def load_checkpoint(path: Path, model, optimizer, scheduler, dist: Dist, ema=None
+                    ) -> tuple[int, dict]:
     """Restore the run's state in place; returns (last completed epoch, best so far)."""
     import torch
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ema is not None and "ema" not in ckpt:
+        raise DfaError(f"{path}: this run averages its weights (--ema) but the checkpoint "
+                       "has no average; start a new run with another --out")
     model.load_state_dict(ckpt["model"])
+    if ema is not None:
+        ema.module.load_state_dict(ckpt["ema"])
     optimizer.load_state_dict(ckpt["optimizer"])
     if scheduler is not None and ckpt.get("scheduler"):
         scheduler.load_state_dict(ckpt["scheduler"])

@@ -128,12 +128,24 @@ def train(
                                        "them), or none."),
     copies: int | None = typer.Option(None, min=0, max=16, help="Copy-synthesis spoofs per "
                                       "bona fide training clip, made once and cached "
-                                      "(default 1; original 0)."),
+                                      "(default 2; original 0)."),
     vocoders: str | None = typer.Option(None, metavar="A,B", help="Copy-synthesis vocoders "
                                         "(default lpc,phase,channel,sinusoidal)."),
+    val_vocoder: str | None = typer.Option(None, metavar="NAME", help="Validate on an attack "
+                                           "training never sees: copies of the validation "
+                                           "bona fide clips by this vocoder join validation "
+                                           "as spoofs, and training copies use the other "
+                                           "vocoders: model selection sees an unseen "
+                                           "attack, and the run says how many of its clips "
+                                           "pass at the threshold."),
     pair_copies: bool = typer.Option(False, "--pair-copies", help="Train each copy next to "
                                      "its source: same batch, same crop, same augmentation "
                                      "draws (the vocoder is the only difference)."),
+    ema: float = typer.Option(0.0, min=0.0, max=0.99999, metavar="DECAY", help="Keep an "
+                              "exponential moving average of the weights, per step, with "
+                              "this decay (e.g. 0.999; warmed up from 0 so early weights "
+                              "fade fast; 0: off). Validation, model selection and "
+                              "model.pth use the average."),
     workers: int | None = typer.Option(None, min=1, help="Cache worker processes (default: "
                                        "CPU count, at most 8); on GPU the data loaders use "
                                        "up to 4 (frozen windows) or all (default recipe), on "
@@ -216,6 +228,7 @@ def train(
         except (OSError, ValueError) as e:
             raise fail(f"{feature_config}: {e}") from None
         settings = recipe_options(ctx, recipe.value, augment, copies, vocoders, pair_copies,
+                                  val_vocoder,
                                   {"epochs": epochs, "lr": lr, "scheduler": scheduler.value,
                                    "optimizer": optimizer.value,
                                    "weight_decay": weight_decay,
@@ -233,6 +246,7 @@ def train(
                         else str(Path(pretrained).resolve())),
             init_from=str(init_from.resolve()) if init_from else None,
             freeze_until=freeze_until.value if freeze_until else None,
+            ema=ema,
             **settings,
         )
         check_arch(cfg.arch, resolve_arch)
@@ -248,7 +262,8 @@ def train(
 
 
 def recipe_options(ctx: typer.Context, recipe: str, augment: str | None, copies: int | None,
-                   vocoders: str | None, pair_copies: bool, options: dict) -> dict:
+                   vocoders: str | None, pair_copies: bool, val_vocoder: str | None,
+                   options: dict) -> dict:
     """The recipe's settings, with every option the user gave on the command line in
     place of the recipe's value (so `--recipe original --lr 3e-4` is the original at
     another rate)."""
@@ -280,14 +295,22 @@ def recipe_options(ctx: typer.Context, recipe: str, augment: str | None, copies:
         copy["vocoders"] = [v.strip() for v in vocoders.split(",") if v.strip()]
     if given(ctx, "pair_copies"):
         copy["paired"] = pair_copies
+    if val_vocoder is not None:
+        copy["val_vocoder"] = val_vocoder
+        if vocoders is None:  # the recipe's vocoders, less the one validation keeps
+            copy["vocoders"] = [v for v in copy["vocoders"] if v != val_vocoder]
     try:
         copy_cfg = CopySynthesisConfig.from_dict(copy)
     except (ValueError, TypeError) as e:
-        raise fail(f"--copies/--vocoders: {e}") from None
+        raise fail(f"--copies/--vocoders/--val-vocoder: {e}") from None
     if copy_cfg.paired and not copy_cfg.copies:
         raise fail("--pair-copies pairs copy-synthesis spoofs with their sources: it needs "
                    "--copies 1 or more (default recipe)")
-    settings["copy_synthesis"] = copy_cfg.to_dict() if copy_cfg.copies else None
+    settings["copy_synthesis"] = (copy_cfg.to_dict() if copy_cfg.copies or copy_cfg.val_vocoder
+                                  else None)
+    if settings["recipe"] == "original" and val_vocoder is not None:
+        raise fail("--val-vocoder copies validation clips from the audio cache, which "
+                   "--recipe original does not build: use the default recipe")
     if settings["recipe"] == "original" and (settings["augment"] or
                                              settings["copy_synthesis"]):
         raise fail("--recipe original trains on frozen feature windows: augmentation and "

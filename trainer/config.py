@@ -66,6 +66,9 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # linear warmup, per step, before the schedule
     class_balance: bool = False  # weight BCE so both classes count equally
     loss: str = "bce"  # LOSSES
+    # Exponential moving average of the weights (trainer.loop.make_ema): the per-step decay
+    # it approaches (0: off); validation, model selection and model.pth use the average.
+    ema: float = 0.0
     augment: dict | None = None  # AugmentConfig.to_dict(); None: no augmentation
     copy_synthesis: dict | None = None  # CopySynthesisConfig.to_dict(); None: none
     # Where the weights start (trainer/init.py): timm's ImageNet weights ("imagenet") or a
@@ -122,6 +125,8 @@ class TrainConfig:
             if lowest is not None and value is not None and value < lowest:
                 raise ValueError(f"config {f.name!r} is {value!r}; it must be at least "
                                  f"{lowest}")
+            if f.name == "ema" and not 0.0 <= value < 1.0:
+                raise ValueError(f"config 'ema' is {value!r}; it must be in [0, 1)")
             if f.name == "target_fpr" and value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"config 'target_fpr' is {value!r}; it must be in [0, 1]")
             kept[f.name] = value

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from runtime.fileio import atomic_write_text
 from runtime.metadata import LABELS
-from trainer.cache import build_cache, build_copies, same_audio
+from trainer.cache import build_cache, build_copies, build_copy_features, same_audio
 from trainer.config import TrainConfig
 from trainer.data import (
     DataError,
@@ -89,6 +89,8 @@ def prepare_data(cfg: TrainConfig, out: Path, log: Log) -> None:
     table["copy_of"] = ""
     if cfg.from_audio and cfg.copy_config.copies:
         table = add_copies(table, cfg, progress)
+    if cfg.from_audio and cfg.copy_config.val_vocoder:
+        table = add_val_copies(table, cfg, progress)
     splits = table.loc[table["copy_of"] == "", ["file", "speaker", "label", "split"]].copy()
     splits["label"] = splits["label"].map(LABELS)
     atomic_write_text(out / "splits.csv", splits.to_csv(index=False))
@@ -136,4 +138,42 @@ def add_copies(table, cfg: TrainConfig, progress):
     extra["samples"] = [m[1] for m in made]
     extra["cache"], extra["windows"] = "", 0
     extra = extra[extra["audio"].notna()]
+    return pd.concat([table, extra], ignore_index=True)
+
+
+def add_val_copies(table, cfg: TrainConfig, progress):
+    """One copy of each bona fide validation clip by the vocoder training never uses
+    (CopySynthesisConfig.val_vocoder), as extra validation rows: label spoof, the source's
+    speaker, attack "copy-<vocoder>", copy_of naming the source; their windows go to the
+    feature cache, as every validation file's do. Never in test, nor in splits.csv."""
+    import pandas as pd
+
+    vocoder = cfg.copy_config.val_vocoder
+    bona = table[(table["split"] == "val") & (table["label"] == 0)]
+    if bona.empty:
+        progress.write("validation copies: no bona fide validation clip to copy; none made\n")
+        return table
+    made = build_copies([(a, vocoder, cfg.seed, 0) for a in bona["audio"]],
+                        cfg.feature_config.sample_rate, cfg.cache_dir, cfg.workers,
+                        log=progress, what=f"validation copies ({vocoder})")
+    extra = bona.copy().reset_index(drop=True)
+    extra["copy_of"] = extra["file"]
+    extra["file"] = [f"{f}#copy-{vocoder}-val" for f in extra["file"]]
+    extra["label"] = 1
+    if "attack" in table.columns:
+        extra["attack"] = f"copy-{vocoder}"
+    extra["audio"] = [m[0] for m in made]
+    extra["samples"] = [m[1] for m in made]
+    extra = extra[extra["audio"].notna()].reset_index(drop=True)
+    feats = build_copy_features(extra["audio"].tolist(), cfg.feature_config, cfg.cache_dir,
+                                cfg.workers)
+    extra["cache"] = [f[0] for f in feats]
+    extra["windows"] = [f[1] for f in feats]
+    failed = [e for _, _, e in feats if e]
+    if failed:
+        progress.write(f"validation copies: {len(failed)} without windows left out, e.g. "
+                       f"{failed[0]}\n")
+    extra = extra[extra["cache"].notna()]
+    progress.write(f"validation copies: {len(extra)} spoofs by {vocoder} (an attack training "
+                   "never sees) join the validation split\n")
     return pd.concat([table, extra], ignore_index=True)

@@ -25,30 +25,48 @@ def report(run: RunState, scores: dict[str, np.ndarray]) -> None:
     import torch
 
     cfg, out, best = run.cfg, run.out, run.best
-    val, test = run.splits["val"], run.splits["test"]
+    val_all, test = run.splits["val"], run.splits["test"]
+    # Validation copies by an unseen vocoder (--val-vocoder) take part in model selection;
+    # the threshold and calibration are fitted on the real validation clips (with the copies
+    # the EER point lands where the unseen attack is caught, and on the dev corpus that called
+    # 52% of the mp3 test bona fide clips spoof: BENCHMARKS.md). The copies then say how
+    # many of an unseen attack's clips pass at that threshold.
+    real = (val_all["copy_of"].astype(str) == "").to_numpy() if "copy_of" in val_all else np.ones(
+        len(val_all), bool)
+    val = val_all[real].reset_index(drop=True)
+    val_scores = scores["val"][real]
     if cfg.target_fpr is not None:
-        threshold = M.threshold_at_fpr(val["label"], scores["val"], cfg.target_fpr)
+        threshold = M.threshold_at_fpr(val["label"], val_scores, cfg.target_fpr)
         source = f"val-fpr={cfg.target_fpr:g}"
     else:
-        _, threshold = M.eer(val["label"], scores["val"])
+        _, threshold = M.eer(val["label"], val_scores)
         source = "val-eer"
     threshold = float(min(1.0, max(0.0, threshold)))
-    caveats = threshold_caveats(val, scores["val"])
+    caveats = threshold_caveats(val, val_scores)
     for caveat in caveats:
         run.log.info(f"warning: {caveat}")
-    calibration = fit_calibration(val["label"], scores["val"])
+    unseen = unseen_attack_estimate(val_all, scores["val"], real, threshold,
+                                    cfg.copy_config.val_vocoder)
+    if unseen:
+        run.log.info(
+            f"unseen attack: at the threshold {100 * unseen['passed']:.1f}% of the "
+            f"{unseen['files']} validation copies by {unseen['vocoder']} (a vocoder training "
+            "never used) pass as bona fide; expect unseen attacks to pass at a rate of that "
+            f"order (validation EER with them {100 * unseen['eer']:.2f}%)")
+    calibration = fit_calibration(val["label"], val_scores)
     if calibration["scale"] <= 0:  # scores that do not rank spoofs higher: no LLRs
         run.log.info("calibration: the validation scores do not rank spoofs above bona fide; "
                      "the model gets no calibration (no --llr, --prior, actDCF or Cllr)")
         calibration = {}
+    scores = {**scores, "val_real": val_scores}
     llr = {k: to_llr(v, calibration) if calibration else None for k, v in scores.items()}
-    val_summary = M.summary(val["label"], scores["val"], threshold, llrs=llr["val"],
+    val_summary = M.summary(val["label"], val_scores, threshold, llrs=llr["val_real"],
                             speakers=val["speaker"])
     test_summary = M.summary(test["label"], scores["test"], threshold, llrs=llr["test"],
                              speakers=test["speaker"])
     groups = {g: M.group_eers(test["label"], scores["test"], test[g], llr["test"])
               for g in group_columns(test)}
-    for name, part in (("val", val), ("test", test)):
+    for name, part in (("val", val_all), ("test", test)):
         cols = ["file", "speaker", "label", *group_columns(part)]
         frame = part[cols].copy()
         frame["label"] = frame["label"].map(LABELS)
@@ -57,7 +75,7 @@ def report(run: RunState, scores: dict[str, np.ndarray]) -> None:
     history = metrics_lines(out)
     from runtime.plots import plot_curves, plot_roc_det
 
-    plot_roc_det(out / "roc_det.png", {"val": (val["label"], scores["val"]),
+    plot_roc_det(out / "roc_det.png", {"val": (val["label"], val_scores),
                                        "test": (test["label"], scores["test"])})
     plot_curves(out / "curves.png", history)
     metadata = ModelMetadata(
@@ -72,6 +90,7 @@ def report(run: RunState, scores: dict[str, np.ndarray]) -> None:
             "preset": cfg.arch, "best_epoch": best["epoch"], "epochs": cfg.epochs,
             "parameters": count_parameters(run.model),
             "threshold_caveats": caveats,
+            **({"unseen_attack": unseen} if unseen else {}),
         },
         versions={"dfa": __version__, "torch": torch.__version__, "timm": timm.__version__},
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -106,6 +125,19 @@ def threshold_caveats(val, val_scores: np.ndarray) -> list[str]:
     return out
 
 
+def unseen_attack_estimate(val, scores: np.ndarray, real: np.ndarray, threshold: float,
+                           vocoder: str | None) -> dict | None:
+    """With --val-vocoder: how the validation copies by the vocoder training never used
+    fare at the threshold (the share that passes as bona fide), and the validation EER
+    with them (what model selection used)."""
+    if vocoder is None or real.all():
+        return None
+    copies = scores[~real]
+    eer, _ = M.eer(np.asarray(val["label"], dtype=int), scores)
+    return {"vocoder": vocoder, "files": int(len(copies)),
+            "passed": float((copies < threshold).mean()), "eer": float(eer)}
+
+
 def data_counts(splits: dict) -> dict:
     """Files per split as meta.csv has them; copy-synthesis spoofs counted apart."""
     out = {}
@@ -133,6 +165,8 @@ def recipe_record(cfg) -> dict:
         "inputs": "random crops of cached audio" if cfg.from_audio else "frozen windows",
         "augmentation": cfg.augment if cfg.augment is not None else "none",
         "copy_synthesis": cfg.copy_synthesis if cfg.copy_synthesis is not None else "none",
+        # the weights model.pth holds: the run's last/best, or their moving average
+        "ema": cfg.ema or None,
         "holdout_attack": cfg.holdout_attack,
         "start": start_record(cfg),
     }

@@ -5,7 +5,7 @@
   dataset.csv     usable rows with their split and feature-cache file
   splits.csv      file,speaker,label,split (reusable with --splits)
   metrics.jsonl   one line per completed epoch
-  checkpoint.pt   last completed epoch (trainer/checkpoint.py)
+  checkpoint.pt   last completed epoch, with --ema the weights' average (trainer/checkpoint.py)
   model.pth       plain state_dict of the best epoch (by validation EER)
   model.json      ModelMetadata: arch, FeatureConfig, calibrated threshold, metrics
   val_scores.csv, test_scores.csv, roc_det.png, curves.png

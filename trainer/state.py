@@ -29,5 +29,6 @@ class RunState:
     features: FeatureConfig
     splits: dict[str, Any]  # "train"/"val"/"test" -> rows of dataset.csv (DataFrame)
     model: Any = None  # the torch module (not wrapped in DDP)
+    eval_model: Any = None  # what validation scores: `model`, or its moving average (--ema)
     # The best epoch so far by (val EER, val loss); stored as a dict in checkpoint.pt.
     best: dict[str, float] = field(default_factory=no_best_yet)

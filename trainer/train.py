@@ -10,6 +10,7 @@ from pathlib import Path
 
 from runtime import metrics as M
 from runtime.errors import EXIT_INTERRUPTED, EXIT_OK, DfaError
+from trainer.batchnorm import average_across_ranks
 from trainer.checkpoint import atomic_torch_save, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import DataError
@@ -19,6 +20,7 @@ from trainer.loop import (
     AudioWindows,
     build_optimizer,
     epoch_loader,
+    make_ema,
     make_loss,
     make_train_dataset,
     pair_keys,
@@ -118,6 +120,10 @@ def _run(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log) -> int
     if dist.cuda:
         model = model.to(memory_format=torch.channels_last)
     state.model = model
+    ema = make_ema(model, cfg.ema, cfg.freeze_until) if cfg.ema else None
+    # The network validation, model selection, model.pth and the report use: the moving
+    # average with --ema, else the trained weights themselves.
+    state.eval_model = ema.module if ema is not None else model
     labels = train["label"].astype(int).tolist()
     keys = None
     if cfg.from_audio:
@@ -132,7 +138,8 @@ def _run(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log) -> int
     scheduler = epoch_scheduler or step_scheduler  # the one checkpoint.pt keeps
     start_epoch = 1
     if not fresh:
-        done, state.best = load_checkpoint(ckpt_path, model, optimizer, scheduler, dist)
+        done, state.best = load_checkpoint(ckpt_path, model, optimizer, scheduler, dist,
+                                           ema)
         start_epoch = done + 1
         log.info(f"resuming {out} after epoch {done} (best so far: epoch "
                  f"{state.best['epoch']}, val EER {100 * state.best['val_eer']:.2f}%)")
@@ -166,20 +173,23 @@ def _run(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log) -> int
         lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains with
         loss_sum, correct, seen, train_time = train_one_epoch(
             train_model, loader, optimizer, loss_fn, cfg, dist, epoch, log, t0,
-            step_scheduler)
+            step_scheduler, ema)
         if epoch_scheduler is not None:
             epoch_scheduler.step()
-        recalibrate_batchnorm(model, dataset, cfg, dist, epoch, loader_workers)
+        recalibrate_batchnorm(state.eval_model, dataset, cfg, dist, epoch, loader_workers)
+        if ema is not None and cfg.bn_batches < 1:
+            # each rank's average blends its own running statistics: make them agree
+            average_across_ranks(ema.module, dist)
         record = _validate(state, epoch, t0, train_time, loss_sum, correct, seen, lr)
         if dist.main:
             if record["best"]:
-                atomic_torch_save(unwrap(model).state_dict(), out / "model.pth")
+                atomic_torch_save(state.eval_model.state_dict(), out / "model.pth")
             # The epoch's line first, then the checkpoint: a kill between the two leaves a
             # line ahead of the checkpoint, which --resume drops (never a checkpoint whose
             # epoch has no line).
             append_metrics(out, record)
             save_checkpoint(ckpt_path, epoch, unwrap(model), optimizer, scheduler,
-                            state.best, dist)
+                            state.best, dist, ema)
         log.info(
             f"epoch {epoch}/{cfg.epochs}  train loss {record['train_loss']:.4f} acc "
             f"{record['train_acc']:.3f} | val loss {record['val_loss']:.4f} acc "
@@ -198,7 +208,7 @@ def _validate(state: RunState, epoch: int, t0: float, train_time: float, loss_su
               correct: float, seen: float, lr: float) -> dict:
     """Score the validation split; the epoch's metrics.jsonl record. Updates state.best."""
     cfg, val = state.cfg, state.splits["val"]
-    val_scores, val_loss = score_files(state.model, val["cache"].tolist(),
+    val_scores, val_loss = score_files(state.eval_model, val["cache"].tolist(),
                                        val["label"].astype(int).tolist(), state.dist,
                                        cfg.batch_size * 2, cfg.amp, cfg.aggregation)
     val_labels = val["label"].to_numpy()
