@@ -87,6 +87,10 @@ def detect(
     threads: int | None = typer.Option(None, min=1, help="Scoring threads, each computing "
                                        "features and running the model on one core "
                                        "(default: one per core)."),
+    workers: int = typer.Option(0, min=0, max=256, help="Decode files and compute their "
+                                "features in N worker processes; the threads then only run "
+                                "the model (bulk scoring, mainly on GPU: BENCHMARKS.md). 0: "
+                                "in the threads."),
     threshold: float | None = typer.Option(None, min=0.0, max=1.0, help="Override the "
                                            "model's calibrated decision threshold."),
     prior: float | None = typer.Option(None, min=0.0, max=1.0, help="P(spoof) expected in "
@@ -148,6 +152,9 @@ def detect(
                      or pcm_format is not PcmFormat.s16le):
         raise fail("--rate, --channels, --pcm-format and --summary-every describe a --live "
                    "stream; add --live or leave them out")
+    if live and workers:
+        raise fail("--workers decodes many files at once; a --live stream is scored as it "
+                   "comes: leave out --workers")
     if live and (fmt not in (None, Format.json) or segments):
         raise fail("--live writes JSON lines, one per window; leave out --format and "
                    "--segments")
@@ -158,7 +165,7 @@ def detect(
 
     if prior is None and (cost_false_spoof != 1.0 or cost_missed_spoof != 1.0):
         raise fail("--cost-false-spoof and --cost-missed-spoof need --prior")
-    detector = Detector(model, device=device.value, threads=threads,
+    detector = Detector(model, device=device.value, threads=threads, workers=workers,
                         batch_size=batch_size, threshold=threshold,
                         aggregation=aggregation.value if aggregation else None,
                         prior=prior, cost_false_spoof=cost_false_spoof,

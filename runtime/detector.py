@@ -63,10 +63,17 @@ class Detector:
                  threads: int | None = None, batch_size: int | None = None,
                  threshold: float | None = None, aggregation: str | None = None,
                  prior: float | None = None, cost_false_spoof: float = 1.0,
-                 cost_missed_spoof: float = 1.0):
+                 cost_missed_spoof: float = 1.0, workers: int | None = None):
         """`threshold` overrides the model's; or `prior` (P(spoof) in the audio to be
         scored) with the costs of calling bona fide speech spoof and of missing a spoof
-        sets the Bayes threshold through the model's calibration (runtime.calibration)."""
+        sets the Bayes threshold through the model's calibration (runtime.calibration).
+        `workers`: decode files and compute their features in this many worker processes
+        (runtime.workers; for bulk scoring, mainly on GPU), the lanes then only run the
+        model; None or 0: in the lanes, as threads."""
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                    or workers < 0):
+            raise InvalidArgument(f"workers must be a whole number >= 0, got {workers!r}")
+        self.workers = workers or 0
         if batch_size is not None and not 1 <= batch_size <= MAX_BATCH:
             raise InvalidArgument(f"batch size must be in 1..{MAX_BATCH}, got {batch_size}")
         if threshold is not None and not 0.0 <= threshold <= 1.0:
@@ -232,8 +239,18 @@ class Detector:
         stop = threading.Event()
         work: queue.Queue = queue.Queue(maxsize=2 * self.lanes)
         events: queue.Queue = queue.Queue(maxsize=64 + 4 * self.lanes)
-        threads = [threading.Thread(target=self._read, args=(paths, work, events, stop),
-                                    name="dfa-reader", daemon=True)]
+        if self.workers:
+            from runtime.workers import FeatureWorkers
+
+            pool = FeatureWorkers(self.features, self.workers)
+            threads = [threading.Thread(target=self._dispatch, args=(paths, pool, events, stop),
+                                        name="dfa-dispatch", daemon=True),
+                       threading.Thread(target=self._collect, args=(pool, work, events, stop),
+                                        name="dfa-collect", daemon=True)]
+        else:
+            pool = None
+            threads = [threading.Thread(target=self._read, args=(paths, work, events, stop),
+                                        name="dfa-reader", daemon=True)]
         threads += [threading.Thread(target=self._lane, args=(work, events, stop),
                                      name=f"dfa-lane-{i}", daemon=True)
                     for i in range(self.lanes)]
@@ -263,6 +280,8 @@ class Detector:
                         q.get(timeout=0.02)
                     except queue.Empty:
                         pass
+            if pool is not None:
+                pool.close(wait=False)
 
     @staticmethod
     def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
@@ -330,8 +349,99 @@ class Detector:
                 put(work, None, stop)
         put(events, ("done",), stop)
 
+    def _dispatch(self, paths: Iterable, pool, events: queue.Queue,
+                  stop: threading.Event) -> None:
+        """With worker processes: paths -> ("start", job) events and tasks for the workers,
+        at most pool.capacity files at a time; ("dispatched", count) at the end."""
+        index = 0
+        try:
+            for path in paths:
+                if stop.is_set():
+                    return
+                if path is FLUSH:  # the collector scores what it has whenever it waits
+                    continue
+                job = _Job(path.name if isinstance(path, AudioArray) else str(path))
+                while not pool.slots.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
+                pool.jobs[index] = job
+                if not self._put(events, ("start", job), stop):
+                    return
+                pool.submit(index, path)
+                index += 1
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises
+            self._put(events, ("failed", e), stop)
+            return
+        pool.dispatched = index
+
+    def _collect(self, pool, work: queue.Queue, events: queue.Queue,
+                 stop: threading.Event) -> None:
+        """With worker processes: their windows' features -> batches for the lanes (which
+        then only run the model), and ("end", job) events; ("done",) after the last file.
+        A partial batch goes out whenever no window is waiting, so nothing is held back
+        (a watcher on stdin sees each file's result without waiting for more files)."""
+        feats: list[np.ndarray] = []
+        owners: list[tuple[_Job, int, int]] = []
+        finished = 0
+
+        def send() -> bool:
+            nonlocal feats, owners
+            while feats:
+                n = min(len(feats), self.batch_size)
+                item = (owners[:n], np.concatenate(feats[:n]) if n > 1 else feats[0])
+                if not self._put(work, ("features", *item), stop):
+                    return False
+                feats, owners = feats[n:], owners[n:]
+            return True
+
+        def end(index: int, error: str | None, tb: str | None) -> bool:
+            nonlocal finished
+            job = pool.jobs.pop(index)
+            if error is not None and job.error is None:
+                job.error, job.traceback = error, tb
+            finished += 1
+            pool.slots.release()
+            return self._put(events, ("end", job), stop)
+
+        try:
+            while not stop.is_set():
+                if pool.dispatched is not None and finished == pool.dispatched:
+                    break
+                msg = pool.get(timeout=0.05)
+                for index, error in pool.lost():  # its worker died on it
+                    if not end(index, error, None):
+                        return
+                if msg is None:  # nothing waiting: score what there is
+                    if not send():
+                        return
+                    continue
+                if msg[0] == "windows":
+                    _, _, index, batch, spans = msg
+                    job = pool.jobs[index]
+                    for k, (start, stop_at) in enumerate(spans):
+                        feats.append(batch[k: k + 1])
+                        owners.append((job, start, stop_at))
+                        job.dispatched += 1
+                        job.total = max(job.total, stop_at)
+                    if len(feats) >= self.batch_size and not send():
+                        return
+                elif msg[0] == "end":
+                    # Its windows went out first (one queue, in the worker's order).
+                    if not end(*msg[2:]):
+                        return
+            if not send():
+                return
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises
+            self._put(events, ("failed", e), stop)
+            return
+        finally:
+            for _ in range(self.lanes):  # the lanes stop after the last batch
+                self._put(work, None, stop)
+        self._put(events, ("done",), stop)
+
     def _lane(self, work: queue.Queue, events: queue.Queue, stop: threading.Event) -> None:
-        """Scoring thread: batches of raw windows -> ("scored", owners, scores, failed)."""
+        """Scoring thread: batches of raw windows -> ("scored", owners, scores, failed);
+        with worker processes, batches of features ("features", owners, feats)."""
         cfg = self.features
         while not stop.is_set():
             try:
@@ -340,6 +450,17 @@ class Detector:
                 continue
             if item is None:
                 return
+            if item[0] == "features":
+                _, owners, batch = item
+                try:
+                    scores, bad = self._predict_batch(batch)
+                except BaseException as e:  # noqa: BLE001 - the model cannot run
+                    self._put(events, ("failed", e), stop)
+                    return
+                failed = {j: (reason, None) for j, reason in bad.items()}
+                if not self._put(events, ("scored", owners, scores, failed), stop):
+                    return
+                continue
             owners, audio = item
             feats, unusable = [], {}
             for i, a in enumerate(audio):

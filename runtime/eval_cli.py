@@ -63,6 +63,10 @@ def evaluate_cmd(
     threads: int | None = typer.Option(None, min=1, help="Scoring threads (default: one "
                                        "per core)."),
     batch_size: int | None = typer.Option(None, min=1, max=MAX_BATCH),
+    workers: int = typer.Option(0, min=0, max=256, help="Decode files and compute their "
+                                "features in N worker processes; the threads then only run "
+                                "the model (bulk scoring, mainly on GPU: BENCHMARKS.md). 0: "
+                                "in the threads."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress"),
     allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="Accept "
                                              "meta.csv rows with absolute or ../ paths "
@@ -92,7 +96,7 @@ def evaluate_cmd(
             require_matplotlib()
         except PlotError as e:
             raise fail(f"--plot: {e}") from None
-    detector = Detector(model, device=device.value, threads=threads,
+    detector = Detector(model, device=device.value, threads=threads, workers=workers,
                         batch_size=batch_size, threshold=threshold)
     show = progress if progress is not None else sys.stderr.isatty()
     bar = Progress(None, show)

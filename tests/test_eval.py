@@ -313,3 +313,21 @@ def test_dfa_info(calibrated, model):
         info_app, [str(model)]).stdout
     r = runner.invoke(info_app, [str(calibrated.replace("cal.onnx", "missing.onnx"))])
     assert r.exit_code == 2 and r.stderr.strip().endswith("no such model file; check the path")
+
+
+def test_workers_give_the_same_evaluation(model, separable, tmp_path):
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for p in separable.iterdir():
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "s3.wav").write_bytes(b"garbage" * 100)
+    a = run(folder, "-m", model, "-f", "json", "--scores", tmp_path / "a.txt")
+    b = run(folder, "-m", model, "-f", "json", "--workers", "2", "--scores", tmp_path / "b.txt")
+    assert a.exit_code == b.exit_code == 1
+    ja, jb = json.loads(a.stdout), json.loads(b.stdout)
+    assert jb["n"] == ja["n"] == 7 and jb["failed"] == ja["failed"]
+    assert jb["eer"] == ja["eer"] and jb["confusion"] == ja["confusion"]
+    la = [line.split() for line in (tmp_path / "a.txt").read_text().splitlines()]
+    lb = [line.split() for line in (tmp_path / "b.txt").read_text().splitlines()]
+    assert [x[0] for x in lb] == [x[0] for x in la]
+    assert [float(x[1]) for x in lb] == pytest.approx([float(x[1]) for x in la], abs=1e-6)

@@ -1,0 +1,148 @@
+"""--workers N: files decoded and featurised in worker processes give the results the
+threads give, in input order, with the same per-file errors; a worker that dies fails
+only the file it was on."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from runtime.audio import AudioArray
+from runtime.detector import Detector
+from runtime.errors import InvalidArgument
+from runtime.workers import CHUNK_WINDOWS
+from tests import audio_fixtures as af
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory, clips):
+    """Good clips, one long enough for several worker messages, and files that fail."""
+    d = tmp_path_factory.mktemp("mixed")
+    (d / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 40)
+    return [
+        clips["tone"],
+        str(d / "missing.wav"),
+        af.write(d / "forty.wav", af.noise(40.0, seed=3), subtype="PCM_16"),
+        af.write(d / "short.wav", af.tone(0.01)),  # shorter than one STFT frame
+        str(d / "corrupt.wav"),
+        clips["noise"],
+        af.write(d / "silent.wav", af.tone(3.0, amp=0.0)),
+        clips["long"],
+    ]
+
+
+def _same(a, b):
+    assert [r.path for r in a] == [r.path for r in b]
+    for x, y in zip(a, b, strict=True):
+        assert x.error == y.error, x.path
+        assert x.windows == y.windows, x.path
+        assert x.label == y.label, x.path
+        if x.ok:
+            assert x.score == pytest.approx(y.score, abs=1e-6)
+            assert [s.start_s for s in x.segments] == [s.start_s for s in y.segments]
+
+
+def test_workers_give_the_threads_results_in_order(probe_model, mixed):
+    threads = list(Detector(probe_model, device="cpu").score(mixed))
+    workers = list(Detector(probe_model, device="cpu", workers=2, batch_size=3).score(mixed))
+    _same(workers, threads)
+    forty = workers[2]
+    assert forty.ok and forty.windows > CHUNK_WINDOWS  # came in more than one message
+    assert [r.ok for r in workers] == [True, False, True, False, False, True, False, True]
+
+
+def test_workers_score_arrays_and_folders(probe_model, clips, tmp_path):
+    arr = AudioArray(af.noise(5.0, seed=1), 16000, name="in-memory")
+    det = Detector(probe_model, device="cpu", workers=1)
+    got = list(det.score([arr, clips["tone"]]))
+    want = list(Detector(probe_model, device="cpu").score([arr, clips["tone"]]))
+    _same(got, want)
+    assert got[0].path == "in-memory"
+
+
+class _DiesWhenUnpickled:
+    """A source whose unpickling ends the worker process, as a crashing decoder would."""
+
+    def __reduce__(self):
+        return (os._exit, (3,))
+
+    def __str__(self):
+        return "crasher.wav"
+
+
+def test_a_dead_worker_fails_only_its_file(probe_model, clips):
+    det = Detector(probe_model, device="cpu", workers=1)
+    paths = [clips["tone"], _DiesWhenUnpickled(), clips["noise"], clips["long"]]
+    results = list(det.score(paths))
+    assert [r.path for r in results] == [clips["tone"], "crasher.wav", clips["noise"],
+                                         clips["long"]]
+    assert results[1].error.startswith("the worker process computing its features died "
+                                       "(exit code 3)")
+    assert "--workers" in results[1].error
+    assert all(r.ok for i, r in enumerate(results) if i != 1)
+    want = list(Detector(probe_model, device="cpu").score([clips["noise"], clips["long"]]))
+    _same(results[2:], want)
+
+
+def test_stopping_early_ends_the_workers(probe_model, clips):
+    det = Detector(probe_model, device="cpu", workers=2)
+    gen = det.score([clips["long"]] * 20)
+    first = next(gen)
+    assert first.ok
+    gen.close()
+    deadline = time.monotonic() + 10
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not multiprocessing.active_children()
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
+def test_workers_must_be_a_count(probe_model, bad):
+    with pytest.raises(InvalidArgument, match="workers"):
+        Detector(probe_model, device="cpu", workers=bad)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "runtime.detect_cli", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_dfa_detect_workers_same_json_and_exit_code(probe_model, mixed):
+    a = _cli("-m", probe_model, "--format", "json", *mixed)
+    b = _cli("-m", probe_model, "--format", "json", "--workers", "2", *mixed)
+    assert a.returncode == b.returncode == 1  # some inputs fail, the others are scored
+    ra = [json.loads(line) for line in a.stdout.splitlines()]
+    rb = [json.loads(line) for line in b.stdout.splitlines()]
+    assert [r["path"] for r in rb] == [r["path"] for r in ra]
+    assert [r["error"] for r in rb] == [r["error"] for r in ra]
+    assert [r["label"] for r in rb] == [r["label"] for r in ra]
+    for x, y in zip(ra, rb, strict=True):
+        assert (x["score"] is None) == (y["score"] is None)
+        if x["score"] is not None:
+            assert y["score"] == pytest.approx(x["score"], abs=1e-5)
+
+def test_dfa_detect_live_refuses_workers(probe_model):
+    r = _cli("-m", probe_model, "--live", "-", "--workers", "2")
+    assert r.returncode == 2
+    assert "leave out --workers" in r.stderr
+
+
+def test_a_script_without_a_main_guard_gets_one_clear_error(probe_model, clips, tmp_path):
+    # spawn re-runs an unguarded script in each worker, whose own Detector then cannot
+    # start processes: every worker dies before taking a file.
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from runtime.detector import Detector\n"
+        f"for r in Detector({probe_model!r}, device='cpu', workers=2).score([{clips['tone']!r}]):\n"
+        "    print(r.path, r.error)\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=120, cwd=os.getcwd())
+    assert r.returncode != 0
+    assert "guard the entry point with" in r.stderr
+    assert "WorkersFailed" in r.stderr
