@@ -4,6 +4,7 @@ import csv
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from trainer import synth as S
 
@@ -62,3 +63,20 @@ def test_corpus_layout(tmp_path):
     assert attacks == set(S.ATTACKS)
     again = S.build_corpus(tmp_path / "again", utterances=8, speakers=2, seed=1)
     assert (out / "5.wav").read_bytes() == (again / "5.wav").read_bytes()
+
+
+def test_itw_lengths_follow_in_the_wild():
+    d = S.itw_lengths(15890)  # utterances of an In-the-Wild-sized corpus (31,780 clips)
+    assert 4.2 < d.mean() < 4.4 and 3.0 < np.median(d) < 4.0
+    assert d.min() >= 1.0 and d.max() == 25.0  # the long tail reaches the cap
+    assert 36 < 2 * d.sum() / 3600 < 40  # about In-the-Wild's 38 hours
+    assert (S.itw_lengths(10, seed=1) == S.itw_lengths(10, seed=1)).all()
+
+
+def test_itw_corpus_clips_have_the_drawn_lengths(tmp_path):
+    out = S.build_corpus(tmp_path / "itw", utterances=6, speakers=2, seed=2, lengths="itw")
+    want = np.repeat(S.itw_lengths(6, seed=2), 2)  # each utterance: bona fide and spoof
+    got = np.array([sf.info(str(out / f"{i}.wav")).duration for i in range(12)])
+    assert np.abs(got - want).max() < 0.5
+    with pytest.raises(ValueError, match="lengths"):
+        S.build_corpus(tmp_path / "bad", utterances=1, lengths="long")

@@ -18,6 +18,12 @@ model cannot tell them apart by level or length.
 This knows nothing of real deepfakes: a model trained on it detects these vocoders only.
 
     python -m trainer.synth OUT_DIR --utterances 200 --speakers 8
+
+In-the-Wild's size and clip lengths, for benchmarks (31,780 clips, about 38 hours, 4.4 GB
+of 16-bit audio; about 0.4 s of one core per utterance pair, so about an hour on 2 cores
+and 7 minutes on 16):
+
+    python -m trainer.synth OUT_DIR --utterances 15890 --speakers 58 --lengths itw
 """
 
 from __future__ import annotations
@@ -32,6 +38,13 @@ from pathlib import Path
 import numpy as np
 
 SR = 16000
+# In-the-Wild's clip lengths (31,779 clips, about 38 h: mean about 4.3 s, a long tail to
+# about 25 s), as a log-normal: mean exp(mu + sigma^2 / 2) = 4.3 s, cut to [1, 25] s.
+ITW_MEAN_S, ITW_SIGMA, ITW_RANGE_S = 4.3, 0.6, (1.0, 25.0)
+# A clip comes out about this much longer than its plan's target: padding (0.1-0.6 s) and
+# the last sound running past the target (measured over 12 clips: 0.43-1.05 s).
+FINISH_EXTRA_S = 0.65
+LENGTHS = ("range", "itw")
 FRAME = 80  # control rate: 5 ms
 ATTACKS = ("griffinlim", "vocoder")
 
@@ -311,16 +324,29 @@ def _write_pair(args) -> list[dict]:
     return rows
 
 
+def itw_lengths(n: int, seed: int = 0) -> np.ndarray:
+    """n clip lengths (s) distributed like In-the-Wild's (ITW_MEAN_S, ITW_SIGMA)."""
+    mu = np.log(ITW_MEAN_S) - ITW_SIGMA ** 2 / 2
+    rng = np.random.default_rng([seed, 7])
+    return np.clip(rng.lognormal(mu, ITW_SIGMA, n), *ITW_RANGE_S)
+
+
 def build_corpus(out: str | os.PathLike, utterances: int = 200, speakers: int = 8,
                  seed: int = 0, workers: int = 1, seconds: tuple[float, float] = (1.5, 4.0),
-                 attacks: tuple[str, ...] = ATTACKS, log=None) -> Path:
+                 attacks: tuple[str, ...] = ATTACKS, log=None, lengths: str = "range"
+                 ) -> Path:
     """OUT/N.wav and OUT/meta.csv (file,speaker,label,attack): each utterance once bona
-    fide and once as a spoof (attacks alternate), so labels are balanced per speaker."""
+    fide and once as a spoof (attacks alternate), so labels are balanced per speaker.
+    lengths "range": each utterance uniform in `seconds`; "itw": In-the-Wild's lengths."""
+    if lengths not in LENGTHS:
+        raise ValueError(f"unknown lengths {lengths!r}; use one of {LENGTHS}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     people = make_speakers(speakers, seed)
+    spans = ([(max(0.3, d - FINISH_EXTRA_S),) * 2 for d in itw_lengths(utterances, seed)]
+             if lengths == "itw" else [seconds] * utterances)
     jobs = [(str(out), i, people[i % speakers], seed * 1_000_003 + i,
-             attacks[(i // speakers) % len(attacks)], seconds) for i in range(utterances)]
+             attacks[(i // speakers) % len(attacks)], spans[i]) for i in range(utterances)]
     rows: list[dict] = []
     if workers > 1:
         from trainer.cache import process_pool
@@ -350,9 +376,11 @@ def main(argv=None) -> None:
     ap.add_argument("--speakers", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--lengths", choices=LENGTHS, default="range", help="range: 1.5-4 s "
+                    "each; itw: In-the-Wild's lengths (mean 4.3 s, up to 25 s)")
     args = ap.parse_args(argv)
     build_corpus(args.out, args.utterances, args.speakers, args.seed, args.workers,
-                 log=lambda m: print(m, file=sys.stderr))
+                 log=lambda m: print(m, file=sys.stderr), lengths=args.lengths)
     print(args.out)
 
 
