@@ -1,26 +1,28 @@
-"""The int8 gate: is the int8 model good enough to ship in place of the float one? Judged on
-what users lose (EER, by a paired bootstrap) and on files whose verdict is not a coin flip,
-not on how many labels flip."""
+"""The precision gate: is the int8 (or fp16) model good enough to ship in place of the fp32
+one? Judged on what users lose (EER, by a paired bootstrap) and on files whose verdict is not
+a coin flip, not on how many labels flip."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from runtime.bootstrap import Method, resample_indices
 
 GATE_RULE = (
-    "int8 is refused when (a) on labelled files, the upper end of the paired-bootstrap 95% "
-    "interval of the EER change (int8 minus float) exceeds max_eer_increase, or (b) on "
-    "decisive files (float score more than margin from the threshold), int8 and float "
+    "{0} is refused when (a) on labelled files, the upper end of the paired-bootstrap 95% "
+    "interval of the EER change ({0} minus float) exceeds max_eer_increase, or (b) on "
+    "decisive files (float score more than margin from the threshold), {0} and float "
     "labels agree on fewer than min_agreement of them; without labels only (b) applies"
 )
 
 
 @dataclass
-class Int8Gate:
-    """What int8 costs compared with float on the same files, and the verdict.
+class PrecisionGate:
+    """What the `candidate` model (int8 or fp16) costs compared with the float (fp32) one
+    on the same files, and the verdict. Written for int8, which loses the most; fp16 is
+    judged by the same rule. to_dict() names the candidate's fields after it (eer_int8).
 
     The rule (GATE_RULE) judges what users lose, not how many labels flip:
 
@@ -50,6 +52,7 @@ class Int8Gate:
     """
 
     passed: bool
+    candidate: str  # "int8" or "fp16"
     reasons: list[str]  # why it failed; empty when it passed
     notes: list[str]  # what the reader should know (skipped checks, coarse EER steps)
     files: int
@@ -62,29 +65,34 @@ class Int8Gate:
     labelled_files: int  # 0 when (a) was not measured
     max_eer_increase: float
     eer_fp32: float | None = None
-    eer_int8: float | None = None
+    eer_candidate: float | None = None
     eer_change: float | None = None
     eer_change_ci95: list[float] | None = None
     auc_fp32: float | None = None
-    auc_int8: float | None = None
+    auc_candidate: float | None = None
     auc_change: float | None = None
     auc_change_ci95: list[float] | None = None
     bootstrap_resamples: int = 0
-    rule: str = field(default=GATE_RULE)
+    rule: str = ""
+
+    def __post_init__(self):
+        self.rule = self.rule or GATE_RULE.format(self.candidate)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k.replace("_candidate", f"_{self.candidate}"): v
+                for k, v in asdict(self).items()}
 
 
-def int8_gate(fp32_scores, int8_scores, threshold: float, labels=None, *,
-              margin: float = 0.05, min_agreement: float = 0.99,
-              max_eer_increase: float = 0.01, resamples: int = 1000,
-              seed: int = 0) -> Int8Gate:
-    """Judge int8 file scores against the float scores of the same files (see Int8Gate)."""
+def precision_gate(fp32_scores, candidate_scores, threshold: float, labels=None, *,
+                   candidate: str, margin: float = 0.05, min_agreement: float = 0.99,
+                   max_eer_increase: float = 0.01, resamples: int = 1000,
+                   seed: int = 0) -> PrecisionGate:
+    """Judge the `candidate` model's file scores (int8 or fp16) against the float scores of
+    the same files (see PrecisionGate)."""
     from runtime import metrics as M
 
     a = np.asarray(fp32_scores, dtype=np.float64).ravel()
-    b = np.asarray(int8_scores, dtype=np.float64).ravel()
+    b = np.asarray(candidate_scores, dtype=np.float64).ravel()
     if a.size != b.size or a.size == 0:
         raise ValueError(f"need the same non-zero number of scores, got {a.size} and {b.size}")
     y = None if labels is None else np.asarray(labels).astype(np.int64).ravel()
@@ -95,8 +103,8 @@ def int8_gate(fp32_scores, int8_scores, threshold: float, labels=None, *,
     same = (a >= threshold) == (b >= threshold)
     decisive = np.abs(a - threshold) > margin
     n_decisive = int(decisive.sum())
-    gate = Int8Gate(
-        passed=False, reasons=reasons, notes=notes, files=int(a.size),
+    gate = PrecisionGate(
+        passed=False, candidate=candidate, reasons=reasons, notes=notes, files=int(a.size),
         label_agreement=float(same.mean()), margin=float(margin),
         band_files=int(a.size - n_decisive), decisive_files=n_decisive,
         decisive_agreement=float(same[decisive].mean()) if n_decisive else None,
@@ -123,10 +131,10 @@ def int8_gate(fp32_scores, int8_scores, threshold: float, labels=None, *,
                      "agreement is checked")
     else:
         gate.labelled_files = int(y.size)
-        gate.eer_fp32, gate.eer_int8 = M.eer(y, a)[0], M.eer(y, b)[0]
-        gate.auc_fp32, gate.auc_int8 = M.roc_auc(y, a), M.roc_auc(y, b)
-        gate.eer_change = gate.eer_int8 - gate.eer_fp32
-        gate.auc_change = gate.auc_int8 - gate.auc_fp32
+        gate.eer_fp32, gate.eer_candidate = M.eer(y, a)[0], M.eer(y, b)[0]
+        gate.auc_fp32, gate.auc_candidate = M.roc_auc(y, a), M.roc_auc(y, b)
+        gate.eer_change = gate.eer_candidate - gate.eer_fp32
+        gate.auc_change = gate.auc_candidate - gate.auc_fp32
         neg, pos = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
         d_eer, d_auc = np.empty(resamples), np.empty(resamples)
         by_file = Method("file", resamples, int(y.size))  # the same files for both models
@@ -148,7 +156,7 @@ def int8_gate(fp32_scores, int8_scores, threshold: float, labels=None, *,
             notes.append(f"only {smaller} labelled files of the smaller class: each moves "
                          f"the EER by {100 / smaller:.2f} points, too coarse for a "
                          f"{100 * max_eer_increase:g}-point tolerance, so the EER check "
-                         "passes only if int8 reorders (almost) none of them; use more "
+                         f"passes only if {candidate} reorders (almost) none of them; use more "
                          "labelled files")
     if y is None or y.min() == y.max():
         if not n_decisive:
@@ -159,3 +167,10 @@ def int8_gate(fp32_scores, int8_scores, threshold: float, labels=None, *,
                      "agreement not measured")
     gate.passed = not reasons
     return gate
+
+
+def int8_gate(fp32_scores, int8_scores, threshold: float, labels=None, **options
+              ) -> PrecisionGate:
+    """precision_gate for an int8 model."""
+    return precision_gate(fp32_scores, int8_scores, threshold, labels, candidate="int8",
+                          **options)

@@ -71,8 +71,9 @@ def calibration_windows(paths: list[str], metadata: ModelMetadata,
     return np.concatenate(windows)[:max_windows]
 
 
-def _excluded_nodes(model_path: Path) -> list[str]:
-    """The classifier head (last Gemm/MatMul) and everything after it stay in float."""
+def head_nodes(model_path: Path) -> list[str]:
+    """The classifier head (last Gemm/MatMul) and everything after it: they stay in float32
+    in the int8 and fp16 models."""
     import onnx
 
     graph = onnx.load(str(model_path)).graph
@@ -85,7 +86,6 @@ def _excluded_nodes(model_path: Path) -> list[str]:
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, windows: np.ndarray) -> None:
-    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -108,10 +108,17 @@ def quantize_int8(fp32_path: Path, out_path: Path, windows: np.ndarray) -> None:
         quantize_static(
             str(pre), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
             per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-            nodes_to_exclude=_excluded_nodes(pre),
+            nodes_to_exclude=head_nodes(pre),
         )
-    # Keep the metadata (the quantizer does not promise to carry metadata_props).
-    source = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
+    copy_metadata(fp32_path, out_path)
+
+
+def copy_metadata(source_path: Path, out_path: Path) -> None:
+    """Give `out_path` the metadata_props of `source_path` (the dfa metadata among them):
+    onnxruntime's quantizer and float16 converter do not promise to carry them."""
+    import onnx
+
+    source = {p.key: p.value for p in onnx.load(str(source_path)).metadata_props}
     model = onnx.load(str(out_path))
     del model.metadata_props[:]
     for k, v in source.items():
@@ -153,20 +160,20 @@ class Agreement:
     label_agreement: float
     max_score_diff: float
     fp32_scores: np.ndarray | None = None  # file scores, in file order
-    int8_scores: np.ndarray | None = None
+    candidate_scores: np.ndarray | None = None  # of the int8 or fp16 model
     labels: np.ndarray | None = None  # None when the folder has no meta.csv
     threshold: float = 0.5
 
 
-def agreement(fp32: Path, int8: Path, files: LabelledFiles, limit: int,
-              folder: Path | str = "--calibration") -> Agreement:
-    """Score the same features with both models; compare file scores and labels. The EERs
-    and their change are int8_gate's work."""
+def agreement(fp32: Path, candidate: Path, files: LabelledFiles, limit: int,
+              folder: Path | str = "--calibration", name: str = "int8") -> Agreement:
+    """Score the same features with the fp32 model and the `name` (int8 or fp16) one;
+    compare file scores and labels. The EERs and their change are precision_gate's work."""
     from runtime.audio import AudioError
     from runtime.detector import Detector
     from runtime.features import file_features
 
-    a, b = Detector(fp32, device="cpu"), Detector(int8, device="cpu")
+    a, b = Detector(fp32, device="cpu"), Detector(candidate, device="cpu")
     rule = a.metadata.aggregation
     sa, sb, labels = [], [], []
     for i, p in enumerate(files.paths[:limit]):
@@ -180,11 +187,11 @@ def agreement(fp32: Path, int8: Path, files: LabelledFiles, limit: int,
             labels.append(files.labels[i])
     if not sa:
         raise ExportError(f"{folder}: none of the {min(limit, len(files.paths))} files "
-                          "set aside to compare int8 with float could be decoded; give "
+                          f"set aside to compare {name} with float could be decoded; give "
                           "--calibration a folder of readable wav/flac audio")
     sa, sb = np.array(sa), np.array(sb)
     t = a.threshold
     return Agreement(len(sa), float(((sa >= t) == (sb >= t)).mean()),
-                     float(np.abs(sa - sb).max()), fp32_scores=sa, int8_scores=sb,
+                     float(np.abs(sa - sb).max()), fp32_scores=sa, candidate_scores=sb,
                      labels=np.array(labels) if files.labels is not None else None,
                      threshold=float(t))

@@ -1,6 +1,6 @@
 """dfa-info: what a dfa model is, read from the file without scoring anything (a model
 card): architecture, features, decision rule, calibration, training data, recipe, metrics
-with intervals, int8 or float, versions."""
+with intervals, the weights' precision (fp32, fp16, int8) and its checks, versions."""
 
 from __future__ import annotations
 
@@ -42,12 +42,13 @@ def describe(path: Path) -> dict:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    int8 = meta.metrics.get("int8")
+    # dfa-export records how it made an int8 or fp16 model (and its checks) in metrics.
+    weights = next((k for k in ("int8", "fp16") if meta.metrics.get(k)), "float32")
     return {
         "file": str(path),
         "size_bytes": path.stat().st_size,
         "sha256": digest.hexdigest(),
-        "weights": "int8" if int8 else "float32",
+        "weights": weights,
         "inputs": [{"name": i.name, "type": i.type, "shape": i.shape}
                    for i in session.get_inputs()],
         "outputs": [{"name": o.name, "type": o.type, "shape": o.shape}
@@ -140,9 +141,9 @@ def card(info: dict) -> list[str]:
                 parts.append(f"attack held out: {r['holdout_attack']}")
         lines.append("  recipe          " + "; ".join(parts))
     test = metrics.get("test")
-    int8 = metrics.get("int8")
     if test and "eer" in test:
-        by = " (of the float model, by dfa-train)" if int8 else ""
+        by = (" (of the float model, by dfa-train)" if info["weights"] != "float32"
+              else "")
         lines.append(f"  test            {test['n']} files{by}: EER {_pct(test['eer'])}"
                      f"{_ci(test, 'eer')}, ROC AUC {test['roc_auc']:.4f}"
                      f"{_ci(test, 'roc_auc', pct=False)}, accuracy {_pct(test['accuracy'])}")
@@ -161,24 +162,42 @@ def card(info: dict) -> list[str]:
         if groups:
             lines.append(f"  test by {name:<8}" + ", ".join(
                 f"{k} {_pct(v['eer'])}" for k, v in groups.items()))
-    if int8:
-        gate = int8.get("gate", {})
-        verdict = "PASS" if gate.get("passed") else (
-            "FAIL, written with --force" if gate.get("forced") else "FAIL")
-        lines.append(f"  int8            gate {verdict}: EER {_pct(int8.get('eer_fp32'))} -> "
-                     f"{_pct(int8.get('eer_int8'))}, {100 * int8['label_agreement']:.2f}% "
-                     f"labels agree on {int8['agreement_files']} files; "
-                     f"{int8.get('latency_ms_fp32', 0):.1f} -> "
-                     f"{int8.get('latency_ms_int8', 0):.1f} ms per window")
+    for kind in ("int8", "fp16"):
+        if metrics.get(kind):
+            lines.append(f"  {kind:<16}{_precision_checks(kind, metrics[kind])}")
     versions = ", ".join(f"{k} {v}" for k, v in md["versions"].items())
     lines.append(f"  versions        {versions}; created {md['created'] or '?'}; metadata "
                  f"schema {md['schema_version']}")
     return lines
 
 
+def _precision_checks(kind: str, m: dict) -> str:
+    """How dfa-export checked an int8 or fp16 model against the float one."""
+    parts = []
+    parity = m.get("parity")
+    if parity:  # fp16: always compared with fp32 on the export checks' inputs
+        diff = parity.get("max_diff")
+        parts.append(f"checks {'PASS' if parity.get('passed') else 'FAIL'}: max |P(spoof) "
+                     f"diff| {'?' if diff is None else f'{diff:.1e}'} vs fp32 (allowed "
+                     f"{parity.get('atol', 0):g}) on the export checks' inputs")
+    gate = m.get("gate")
+    if gate:
+        verdict = "PASS" if gate.get("passed") else (
+            "FAIL, written with --force" if gate.get("forced") else "FAIL")
+        parts.append(f"gate {verdict}: EER {_pct(m.get('eer_fp32'))} -> "
+                     f"{_pct(m.get(f'eer_{kind}'))}, {100 * m['label_agreement']:.2f}% "
+                     f"labels agree on {m['agreement_files']} files")
+    else:
+        parts.append("no gate (exported without --calibration)")
+    parts.append(f"{m.get('latency_ms_fp32', 0):.1f} -> {m.get(f'latency_ms_{kind}', 0):.1f} "
+                 "ms per window on the exporting CPU")
+    return "; ".join(parts)
+
+
 @app.command(help="Describe a dfa ONNX model without running it: architecture, features, "
              "threshold and how it was chosen, calibration, training data and recipe, test "
-             "metrics with intervals, int8 or float, versions. A model card to paste.",
+             "metrics with intervals, the weights' precision (int8, fp16 or float32) and its "
+             "checks, versions. A model card to paste.",
              epilog="Exit codes: 0 described; 2 not a dfa model or unreadable.")
 @handle_errors("dfa-info")
 def info(

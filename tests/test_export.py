@@ -184,7 +184,7 @@ def test_int8_refused_when_the_gate_fails(run, itw_dataset, tmp_path, monkeypatc
 
     def poor(*a, **k):
         result = real(*a, **k)
-        result.int8_scores = result.int8_scores[::-1].copy()  # scores of other files
+        result.candidate_scores = result.candidate_scores[::-1].copy()  # of other files
         return result
 
     monkeypatch.setattr(Q, "agreement", poor)
