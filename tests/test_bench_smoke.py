@@ -201,3 +201,21 @@ def test_bench_loader():
     costs = {r["transform, one 4 s window, one core"]: positive(r["median ms"])
              for r in table_with(out, "median ms")}
     assert len(costs) == 14 and "codec opus" in costs and "vocoder lpc (once per copy)" in costs
+
+
+def test_bench_bulk():
+    out = bench("bench_bulk.py", "--files", "6", "--repeat", "1", "--precisions",
+                "fp32,fp16", "--workers", "0,1", "--presets", "edge",
+                wrapper=EDGE_WITH_TINY_MODELS)
+    assert out.startswith("# bench_bulk (") and "6 files" in out
+    rows = table_with(out, "windows/s")
+    assert [(r["model"], r["scoring"]) for r in rows] == [
+        ("edge fp32", "threads"), ("edge fp32", "--workers 1"),
+        ("edge fp32", "model only (Detector.predict)"),
+        ("edge fp16", "threads"), ("edge fp16", "--workers 1"),
+        ("edge fp16", "model only (Detector.predict)"),
+        ("edge torch eager fp32", "model only")]
+    for r in rows:
+        positive(r["windows/s"])
+    # Both scoring modes see every window of the same files.
+    assert rows[0]["windows"] == rows[1]["windows"] == rows[3]["windows"]
