@@ -169,6 +169,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--torch-device", choices=("cpu", "cuda"), help="device of the torch "
+                    "eager rows (default: --device; cuda beside onnxruntime on the CPU "
+                    "where onnxruntime has no CUDA provider)")
     args = ap.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
     precisions = args.precisions.split(",")
@@ -215,13 +218,11 @@ def main() -> None:
                 print(f"| {preset} {precision} | model only (Detector.predict) | "
                       f"{len(feats)} | | {alone:.0f} | 1.00 |", flush=True)
             if not args.no_torch:
-                eager = torch_eager(net, feats, args.device, batch, args.repeat)
-                print(f"| {preset} torch eager fp32 | model only | {len(feats)} | | "
-                      f"{eager:.0f} | |", flush=True)
-                if args.device == "cuda":
-                    eager = torch_eager(net, feats, args.device, batch, args.repeat, bf16=True)
-                    print(f"| {preset} torch eager bf16 | model only | {len(feats)} | | "
-                          f"{eager:.0f} | |", flush=True)
+                dev = args.torch_device or args.device
+                for bf16 in (False, True) if dev == "cuda" else (False,):
+                    eager = torch_eager(net, feats, dev, batch, args.repeat, bf16=bf16)
+                    print(f"| {preset} torch eager {'bf16' if bf16 else 'fp32'} on {dev} | "
+                          f"model only | {len(feats)} | | {eager:.0f} | |", flush=True)
 
 
 if __name__ == "__main__":

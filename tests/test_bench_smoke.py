@@ -214,7 +214,7 @@ def test_bench_bulk():
         ("edge fp32", "model only (Detector.predict)"),
         ("edge fp16", "threads"), ("edge fp16", "--workers 1"),
         ("edge fp16", "model only (Detector.predict)"),
-        ("edge torch eager fp32", "model only")]
+        ("edge torch eager fp32 on cpu", "model only")]
     for r in rows:
         positive(r["windows/s"])
     # Both scoring modes see every window of the same files.
