@@ -361,6 +361,16 @@ class Detector:
                 if path is FLUSH:  # the collector scores what it has whenever it waits
                     continue
                 job = _Job(path.name if isinstance(path, AudioArray) else str(path))
+                try:
+                    pool.check_sendable(path)
+                except Exception as e:  # noqa: BLE001 - that input fails, the others go on
+                    job.error = (f"cannot be handed to a worker process ({type(e).__name__}: "
+                                 f"{' '.join(str(e).split())[:120]}); score it without "
+                                 "--workers")
+                    job.read = True
+                    if not self._put(events, ("start", job), stop):
+                        return
+                    continue
                 while not pool.slots.acquire(timeout=0.1):
                     if stop.is_set():
                         return

@@ -13,6 +13,7 @@ error naming it, its other files go to a replacement, and the run goes on.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import threading
 import traceback
 from collections import deque
@@ -130,6 +131,15 @@ class FeatureWorkers:
         writer.close()  # the child's end: closed here, so the child's death reads as EOF
         self._procs[wid], self._tasks[wid], self._pipes[wid] = proc, tasks, reader
         self._ready[wid] = False
+
+    @staticmethod
+    def check_sendable(source) -> None:
+        """Raise if `source` cannot be pickled to a worker. A queue's feeder thread would
+        only print such an error and drop the task, and its file would never finish."""
+        from multiprocessing.reduction import ForkingPickler
+
+        if not isinstance(source, (str, os.PathLike)):  # paths always pickle
+            ForkingPickler.dumps(source)
 
     def submit(self, index: int, source) -> None:
         """Hand a file to the worker with the fewest files."""

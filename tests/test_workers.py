@@ -146,3 +146,26 @@ def test_a_script_without_a_main_guard_gets_one_clear_error(probe_model, clips, 
     assert r.returncode != 0
     assert "guard the entry point with" in r.stderr
     assert "WorkersFailed" in r.stderr
+
+
+def test_an_input_that_cannot_reach_a_worker_fails_alone(probe_model, clips):
+    import threading
+
+    class Unpicklable(AudioArray):
+        def __reduce__(self):
+            raise TypeError("cannot pickle this")
+
+    bad = Unpicklable(af.noise(3.0), 16000, name="held")
+    done = []
+
+    def score():
+        done.extend(Detector(probe_model, device="cpu", workers=1).score(
+            [clips["tone"], bad, clips["noise"]]))
+
+    t = threading.Thread(target=score, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "scoring hung on an input the worker never got"
+    assert [r.path for r in done] == [clips["tone"], "held", clips["noise"]]
+    assert done[1].error.startswith("cannot be handed to a worker process (TypeError")
+    assert done[0].ok and done[2].ok
