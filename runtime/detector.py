@@ -6,6 +6,7 @@ import contextlib
 import os
 import queue
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -274,7 +275,13 @@ class Detector:
                 yield from self._finished(jobs)
         finally:
             stop.set()
+            give_up = time.monotonic() + 1.0
             while any(t.is_alive() for t in threads):  # unblock threads waiting to put
+                # The first thread iterates `paths`, which can block for good (--stdin
+                # waiting for its next line when Ctrl-C comes): once the others have
+                # ended, it is left to end with the process (a daemon thread).
+                if time.monotonic() > give_up and not any(t.is_alive() for t in threads[1:]):
+                    break
                 for q in (events, work):
                     try:
                         q.get(timeout=0.02)

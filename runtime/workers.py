@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
 import threading
 import traceback
 from collections import deque
@@ -38,11 +39,24 @@ def _worker(wid: int, tasks, results, cfg_json: str, chunk: int) -> None:
     messages, then ("end", wid, index, error, traceback) per file, on its own pipe
     (`results`, sent synchronously: nothing is left in a buffer when it dies); None ends
     it."""
+    import signal
+
+    # Ctrl-C reaches the whole process group: the parent stops the workers (close), so
+    # they need not print a KeyboardInterrupt each.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = mp.parent_process()
     cfg = FeatureConfig.from_json(cfg_json)
     sr = cfg.sample_rate
     results.send(("ready", wid))
     while True:
-        task = tasks.get()
+        try:
+            task = tasks.get(timeout=1.0)
+        except queue.Empty:
+            # A parent killed outright (SIGKILL, SIGTERM) cannot stop its workers: an idle
+            # one would wait on its queue forever. (A busy one fails on the closed pipe.)
+            if parent is not None and not parent.is_alive():
+                return
+            continue
         if task is None:
             return
         index, source = task

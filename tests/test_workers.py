@@ -169,3 +169,65 @@ def test_an_input_that_cannot_reach_a_worker_fails_alone(probe_model, clips):
     assert [r.path for r in done] == [clips["tone"], "held", clips["noise"]]
     assert done[1].error.startswith("cannot be handed to a worker process (TypeError")
     assert done[0].ok and done[2].ok
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = open(f"/proc/{d}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d))
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _stdin_detect(probe_model, clip, *extra):
+    p = subprocess.Popen([sys.executable, "-m", "runtime.detect_cli", "-m", probe_model,
+                          "--stdin", *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, start_new_session=True)
+    p.stdin.write((clip + "\n").encode())
+    p.stdin.flush()
+    assert json.loads(p.stdout.readline())["path"] == clip
+    return p
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_workers_end_when_their_parent_is_killed(probe_model, clips):
+    import signal
+
+    p = _stdin_detect(probe_model, clips["tone"], "--workers", "2")  # workers now idle
+    kids = _children(p.pid)
+    assert kids
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while any(_running(k) for k in kids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_running(k) for k in kids)
+
+
+@pytest.mark.parametrize("extra", [[], ["--workers", "2"]])
+def test_ctrl_c_while_stdin_waits_ends_the_run(probe_model, clips, extra):
+    import signal
+
+    p = _stdin_detect(probe_model, clips["tone"], *extra)
+    os.killpg(p.pid, signal.SIGINT)  # as a terminal sends it, to the whole group
+    try:
+        rc = p.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        pytest.fail("dfa-detect --stdin did not end on Ctrl-C")
+    assert rc == 130
+    assert "Traceback" not in p.stderr.read().decode()
