@@ -61,3 +61,20 @@ def make_dataset(root: Path, speakers: int = 6, per_label: int = 5, seed: int = 
         w.writeheader()
         w.writerows(rows)
     return root
+
+
+def interrupt_second_validation(monkeypatch):
+    """Ctrl-C during epoch 2's validation of the next dfa-train run; returns a function
+    that undoes it (before --resume)."""
+    from trainer import train as T
+
+    real, calls = T.score_files, {"n": 0}
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "score_files", interrupted)
+    return lambda: monkeypatch.setattr(T, "score_files", real)

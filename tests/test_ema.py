@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from typer.testing import CliRunner  # noqa: E402
 
-from tests.datasets import FAST_TRAIN  # noqa: E402
+from tests.datasets import FAST_TRAIN, interrupt_second_validation  # noqa: E402
 from trainer.loop import EMA_WARMUP_POWER, make_ema  # noqa: E402
 from trainer.model import create_model, network  # noqa: E402
 
@@ -70,7 +70,6 @@ def test_ema_run_keeps_the_average_and_resumes_to_it(itw_dataset, features_json,
                                                      feature_cache, tmp_path, monkeypatch):
     from export.cli import app as export_app
     from runtime.info_cli import app as info_app
-    from trainer import train as T
     from trainer.cli import app as train_app
 
     args = ["--epochs", "3", "--feature-config", features_json, "--cache-dir", feature_cache,
@@ -94,19 +93,11 @@ def test_ema_run_keeps_the_average_and_resumes_to_it(itw_dataset, features_json,
     assert "weights: moving average (decay 0.99)" in info.stdout, info.stdout + info.stderr
 
     # interrupted during epoch 2's validation, resumed: the same average as without a stop
-    real, calls = T.score_files, {"n": 0}
-
-    def interrupt_second_validation(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(T, "score_files", interrupt_second_validation)
+    restore = interrupt_second_validation(monkeypatch)
     out = tmp_path / "run"
     r = runner.invoke(train_app, [str(a) for a in (itw_dataset, "--out", out, *args)])
     assert r.exit_code == 130
-    monkeypatch.setattr(T, "score_files", real)
+    restore()
     r = runner.invoke(train_app, ["--resume", str(out)])
     assert r.exit_code == 0, r.stderr
     a = torch.load(out / "checkpoint.pt", weights_only=True)["ema"]

@@ -50,6 +50,16 @@ def separable(tmp_path_factory):
     return make_folder(tmp_path_factory.mktemp("sep"), rows)
 
 
+def broken_copy(folder, tmp_path):
+    """A copy of `folder` whose s3.wav is not audio."""
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for p in folder.iterdir():
+        (copy / p.name).write_bytes(p.read_bytes())
+    (copy / "s3.wav").write_bytes(b"garbage" * 100)
+    return copy
+
+
 def test_separable_set_has_known_metrics(model, separable):
     r = run(separable, "-m", model, "-f", "json")
     assert r.exit_code == 0, r.stderr
@@ -109,11 +119,7 @@ def test_split_selection(model, separable, tmp_path):
 
 
 def test_failed_files_exit_1_and_metrics_cover_the_rest(model, separable, tmp_path):
-    folder = tmp_path / "copy"
-    folder.mkdir()
-    for p in separable.iterdir():
-        (folder / p.name).write_bytes(p.read_bytes())
-    (folder / "s3.wav").write_bytes(b"garbage" * 100)
+    folder = broken_copy(separable, tmp_path)
     (folder / "b3.wav").unlink()
     r = run(folder, "-m", model, "-f", "json")
     assert r.exit_code == 1
@@ -316,11 +322,7 @@ def test_dfa_info(calibrated, model):
 
 
 def test_workers_give_the_same_evaluation(model, separable, tmp_path):
-    folder = tmp_path / "copy"
-    folder.mkdir()
-    for p in separable.iterdir():
-        (folder / p.name).write_bytes(p.read_bytes())
-    (folder / "s3.wav").write_bytes(b"garbage" * 100)
+    folder = broken_copy(separable, tmp_path)
     a = run(folder, "-m", model, "-f", "json", "--scores", tmp_path / "a.txt")
     b = run(folder, "-m", model, "-f", "json", "--workers", "2", "--scores", tmp_path / "b.txt")
     assert a.exit_code == b.exit_code == 1

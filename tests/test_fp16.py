@@ -10,17 +10,11 @@ onnx = pytest.importorskip("onnx")
 
 from typer.testing import CliRunner  # noqa: E402
 
-from export.cli import FP16_ATOL, app  # noqa: E402
+from export.cli import FP16_ATOL  # noqa: E402
 from runtime.detector import Detector  # noqa: E402
 from runtime.metadata import ModelMetadata  # noqa: E402
 from runtime.session import read_onnx_metadata  # noqa: E402
-from tests.test_export import error_after_progress, one_line_error  # noqa: E402
-
-runner = CliRunner()
-
-
-def export(*args):
-    return runner.invoke(app, [str(a) for a in args])
+from tests.test_export import error_after_progress, export, one_line_error  # noqa: E402
 
 
 @pytest.fixture(scope="module")

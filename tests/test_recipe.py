@@ -365,22 +365,14 @@ def test_default_recipe_resumes_to_the_same_model(itw_dataset, features_json, fe
     """Augmentation draws from (seed, epoch, item) and the per-step schedule is in the
     checkpoint: a run interrupted after epoch 1 and resumed ends with the same weights."""
     torch = pytest.importorskip("torch")
-    from trainer import train as T
+    from tests.datasets import interrupt_second_validation
 
-    real, calls = T.score_files, {"n": 0}
-
-    def interrupt_second_validation(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(T, "score_files", interrupt_second_validation)
+    restore = interrupt_second_validation(monkeypatch)
     out = tmp_path / "run"
     r = run_train([itw_dataset, "--out", out, "--epochs", "2", "--feature-config",
                    features_json, "--cache-dir", feature_cache, *DEFAULT_FAST])
     assert r.exit_code == 130
-    monkeypatch.setattr(T, "score_files", real)
+    restore()
     r = run_train(["--resume", out])
     assert r.exit_code == 0, r.stderr
     a = torch.load(out / "model.pth", weights_only=True)

@@ -19,7 +19,12 @@ torch = pytest.importorskip("torch")
 from typer.testing import CliRunner  # noqa: E402
 
 from runtime.metadata import ModelMetadata  # noqa: E402
-from tests.datasets import FAST_FEATURES, clip, make_dataset  # noqa: E402
+from tests.datasets import (  # noqa: E402
+    FAST_FEATURES,
+    clip,
+    interrupt_second_validation,
+    make_dataset,
+)
 from tests.datasets import FAST_TRAIN as FAST  # noqa: E402
 from trainer import data as D  # noqa: E402
 from trainer.cli import app  # noqa: E402
@@ -251,25 +256,14 @@ def test_skip_bad_trains_on_the_rest(dataset, features_json, cache, tmp_path):
 
 def test_interrupt_then_resume_gives_the_same_model(dataset, features_json, cache, tmp_path,
                                                     monkeypatch, trained):
-    from trainer import train as T
-
-    calls = {"n": 0}
-    real = T.score_files
-
-    def interrupt_second_validation(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:  # Ctrl-C during epoch 2's validation
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(T, "score_files", interrupt_second_validation)
+    restore = interrupt_second_validation(monkeypatch)
     out = tmp_path / "run"
     r = train(dataset, "--out", out, "--epochs", "3", "--feature-config", features_json,
               "--cache-dir", cache, *FAST)
     assert r.exit_code == 130
     assert "epoch 1 is the last one saved" in r.stderr and f"--resume {out}" in r.stderr
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
-    monkeypatch.setattr(T, "score_files", real)
+    restore()
     r = train("--resume", out)
     assert r.exit_code == 0, r.stderr
     assert "resuming" in r.stderr
