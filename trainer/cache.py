@@ -10,7 +10,7 @@ processes:
   and the original recipe's training read it;
 * the copy cache: copy-synthesis spoofs of bona fide clips (trainer/vocoders.py) under
   copies-<rate>/, named by source, vocoder, seed and index; the windows of validation
-  copies (--val-vocoder) under the FeatureConfig's folder, in copies/.
+  copies (--val-vocoder) go to the feature cache like any file's.
 """
 
 from __future__ import annotations
@@ -260,35 +260,24 @@ def build_copies(jobs: list[tuple[str, str, int, int]], sample_rate: int,
 
 def _copy_features_one(args: tuple[str, str, str]) -> tuple[str | None, int, str]:
     """Worker: the feature windows of a cached copy (for validation, which is scored from
-    the feature cache); (feature file or None, windows, error)."""
+    the feature cache), keyed by the copy's content as any file's; (feature file or None,
+    windows, error)."""
     copy_file, cfg_json, root = args
-    from runtime.audio import AudioArray, AudioError
+    from runtime.audio import AudioArray
 
     cfg = FeatureConfig.from_json(cfg_json)
-    target = Path(root) / "copies" / f"{Path(copy_file).stem}.npy"
-    if target.exists():
-        try:
-            return str(target), int(np.load(target, mmap_mode="r").shape[0]), ""
-        except (OSError, ValueError):
-            pass
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        audio = AudioArray(load_audio(copy_file), cfg.sample_rate, name=copy_file)
-        return str(target), write_features(audio, cfg, target), ""
-    except AudioError as e:  # too short or silent, as dfa-detect would refuse it
-        return None, 0, str(e)
-    except OSError as e:
-        raise DataError(f"{root}: cannot write the feature cache ({e.strerror or e}); free "
-                        "space there or pass another --cache-dir") from e
-    except Exception as e:  # noqa: BLE001 - one copy left out, not the whole run
-        return None, 0, f"feature extraction failed ({type(e).__name__}: {e})"
+    audio = lambda: AudioArray(load_audio(copy_file), cfg.sample_rate, name=copy_file)  # noqa: E731
+    _, cached, windows, error = _cache_file(
+        copy_file, root, "feature", lambda t: int(np.load(t, mmap_mode="r").shape[0]),
+        lambda t: write_features(audio(), cfg, t))
+    return cached, windows, error or ""
 
 
 def build_copy_features(copy_files: list[str], cfg: FeatureConfig,
                         cache_root: str | os.PathLike, workers: int
                         ) -> list[tuple[str | None, int, str]]:
-    """Feature windows of cached copies, in order: (feature file or None, windows, error).
-    They live beside the FeatureConfig's other windows, under copies/."""
+    """Feature windows of cached copies, in order: (feature file or None, windows, error),
+    in the FeatureConfig's feature cache like any file's."""
     root = cache_dir_for(cache_root, cfg)
     args = [(f, cfg.to_json(), str(root)) for f in copy_files]
     if workers <= 1 or len(args) < 8:
