@@ -373,7 +373,19 @@ def _fp16(fp32: Path, out: Path, out_onnx: Path, metadata, audio: list[str] | No
     set_metadata(out, metadata)
 
 
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+def _exit_on_sigterm(signum, frame):
+    # SIGTERM's default action ends the process at once: the float scratch model and the
+    # half-written output would stay behind. As SystemExit, every `finally` runs first.
+    raise SystemExit(EXIT_TERMINATED)
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     app_main(app, single_thread_blas=False)
 
 

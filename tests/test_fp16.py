@@ -233,3 +233,29 @@ def test_precision_gate_names_its_candidate():
     assert g16["eer_fp16"] == g16["eer_fp32"] and "eer_candidate" not in g16
     assert g8["eer_int8"] == g8["eer_fp32"] and g8["candidate"] == "int8"
     assert "fp16 minus float" in g16["rule"] and "int8 minus float" in g8["rule"]
+
+
+def test_sigterm_during_export_leaves_no_scratch_files(run, tmp_path):
+    """A service manager's SIGTERM mid-export: exit 143, no float scratch model, no partial
+    output (SIGTERM's default action skipped the cleanup and left .model.fp32.tmpPID.onnx)."""
+    import os
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "model.onnx"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from export.cli import main; main()", str(run / "model.pth"),
+         str(out), "--precision", "fp16"],
+        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(root)})
+    deadline = time.monotonic() + 120
+    while not any(tmp_path.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the export ended before its scratch file appeared"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert list(tmp_path.iterdir()) == []
