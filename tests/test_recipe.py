@@ -139,7 +139,7 @@ def test_augment_config_round_trips_and_refuses_nonsense():
     for bad in ({"codec_p": 1.5}, {"noise_snr_db": [40, 10]}, {"codecs": ["aac"]},
                 {"rawboost": ["algo9"]}, {"sparkle": 1}, {"gain_db": 6}, {"gain_db": []},
                 {"gain_db": [1, "a"]}, {"freq_masks": 2.5}, {"codecs": "mp3"},
-                {"mask_p": True}):
+                {"mask_p": True}, {"speed_factor": [0.3, 1.0]}, {"speed_factor": [1.2, 1.1]}):
         with pytest.raises(ValueError):
             AugmentConfig.from_dict({**cfg.to_dict(), **bad})
 
@@ -192,6 +192,60 @@ def test_spec_masks_hide_bands_and_frames_with_the_mean():
         assert rows.any() or cols.any()
         assert rows.sum() <= 16 and cols.sum() <= 16
     assert np.array_equal(mask_features(image, AugmentConfig(mask_p=0.0), rng), image)
+
+
+def test_change_speed_scales_pitch_and_length():
+    from trainer.augment import change_speed
+
+    t = np.arange(2 * SR) / SR
+    x = (0.5 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
+    for factor in (0.85, 1.0, 1.15):
+        y = change_speed(x, SR, factor)
+        assert y.dtype == np.float32 and abs(y.size - x.size / factor) <= 2
+        spec = np.abs(np.fft.rfft(y * np.hanning(y.size)))
+        peak = np.fft.rfftfreq(y.size, 1 / SR)[spec.argmax()]
+        assert abs(peak - 440.0 * factor) < 2.0
+    assert change_speed(np.zeros(0, np.float32), SR, 1.1).size == 0
+
+
+def test_speed_perturbed_window_is_the_faster_crop_and_leaves_other_draws_alone(tmp_path):
+    import soundfile as sf
+
+    from runtime.features import window_features
+    from trainer.augment import AugmentConfig, change_speed
+    from trainer.cache import write_audio
+    from trainer.config import TrainConfig
+    from trainer.loop import AudioWindows
+
+    t = np.arange(int(6.5 * SR)) / SR
+    tone = (0.3 * np.sin(2 * np.pi * 300.0 * t)).astype(np.float32)
+    sf.write(tmp_path / "a.wav", tone, SR, subtype="PCM_16")
+    fcfg = FeatureConfig()
+    n = write_audio(tmp_path / "a.wav", fcfg, tmp_path / "a.npy")
+    pytest.importorskip("torch")
+
+    def windows(**aug):
+        cfg = TrainConfig(data_dir="d", out="o", recipe="default",
+                          augment={**AugmentConfig.none().to_dict(), **aug})
+        return AudioWindows([str(tmp_path / "a.npy")] * 8, [n] * 8, [0] * 8, cfg)
+
+    fast = windows(speed_p=1.0, speed_factor=[1.25, 1.25])
+    plain = windows()
+    expected = window_features(change_speed(tone[: int(round(fcfg.window_samples * 1.25))], SR,
+                                            1.25)[: fcfg.window_samples], fcfg)
+    row = expected[0].mean(axis=1).argmax()  # the tone's band, 375 Hz after the speed-up
+    assert row != window_features(tone[: fcfg.window_samples], fcfg)[0].mean(axis=1).argmax()
+    for i in range(8):
+        x = fast[i][0].numpy()
+        assert x.shape == fcfg.input_shape and np.isfinite(x).all()
+        assert x[0].mean(axis=1).argmax() == row
+    # off (speed_p 0), a window is what it was before the option existed; with a masking
+    # chance as well, speed on or off draws the same masks (its own random stream)
+    masks = {"mask_p": 1.0, "freq_masks": 2, "time_masks": 2}
+    on, off = windows(speed_p=1.0, speed_factor=[1.0, 1.0], **masks), windows(**masks)
+    for i in range(8):
+        assert (on[i][0].numpy() == off[i][0].numpy()).all()
+    assert not all((fast[i][0].numpy() == plain[i][0].numpy()).all() for i in range(8))
 
 
 # ------------------------------------------------------------------ linear frequency

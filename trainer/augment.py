@@ -49,6 +49,13 @@ class AugmentConfig:
     freq_mask_max: float = 0.12  # of the image height
     time_masks: int = 2
     time_mask_max: float = 0.1  # of the image width
+    # Speed perturbation (Ko et al. 2015): the crop is resampled so that it plays `factor`
+    # times as fast, which moves pitch and formants together, as a shorter or longer vocal
+    # tract would: new voices from the training ones, with no vocoder in the path (a plain
+    # resampling leaves no artefact a detector could learn as "bona fide"). Drawn from its
+    # own random stream, so the other draws of a window are the same with and without it.
+    speed_p: float = 0.0
+    speed_factor: tuple[float, float] = (0.85, 1.15)
 
     def __post_init__(self):
         """Every field checked for type and range (an --augment file or a hand-edited
@@ -84,6 +91,9 @@ class AugmentConfig:
                              f"{ALGORITHMS}")
         if not 0.0 <= self.codec_level[0] <= self.codec_level[1] <= 1.0:
             raise ValueError(f"augment codec_level must lie in [0, 1], got {self.codec_level}")
+        if not 0.5 <= self.speed_factor[0] <= self.speed_factor[1] <= 2.0:
+            raise ValueError(f"augment speed_factor must lie in [0.5, 2.0], got "
+                             f"{self.speed_factor}")
         if not 0.0 < self.reverb_rt60_s[0]:
             raise ValueError(f"augment reverb_rt60_s must be above 0, got {self.reverb_rt60_s}")
 
@@ -112,6 +122,25 @@ class AugmentConfig:
 
 def _uniform(rng: np.random.Generator, lo_hi) -> float:
     return float(rng.uniform(lo_hi[0], lo_hi[1]))
+
+
+def draw_speed(cfg: AugmentConfig, rng: np.random.Generator) -> float:
+    """The speed factor of one window: 1.0 (unchanged) or a draw from cfg.speed_factor."""
+    if cfg.speed_p > 0 and rng.random() < cfg.speed_p:
+        return _uniform(rng, cfg.speed_factor)
+    return 1.0
+
+
+def change_speed(x: np.ndarray, sr: int, factor: float) -> np.ndarray:
+    """`x` played `factor` times as fast (pitch, formants and tempo scaled together):
+    resampled from sr to sr / factor with soxr (anti-aliased) and read at sr. The result
+    has about len(x) / factor samples; a crop of round(n * factor) samples gives n."""
+    import soxr
+
+    x = np.asarray(x, dtype=np.float32)
+    if factor == 1.0 or x.size == 0:
+        return x
+    return soxr.resample(x, sr, sr / factor, quality="HQ").astype(np.float32, copy=False)
 
 
 def augment_waveform(x: np.ndarray, sr: int, cfg: AugmentConfig,

@@ -61,23 +61,32 @@ class AudioWindows:
         import torch
 
         from runtime.features import pad_to, window_features
-        from trainer.augment import augment_waveform, mask_features
+        from trainer.augment import augment_waveform, change_speed, draw_speed, mask_features
         from trainer.cache import load_audio
 
         fcfg, aug = self.fcfg, self.aug
         rng = np.random.default_rng([self.seed, self.epoch, self.keys[i], 1])
+        # Speed perturbation has a stream of its own: with it off, every other draw is
+        # what it was before it existed.
+        speed = draw_speed(aug, np.random.default_rng([self.seed, self.epoch, self.keys[i], 2]))
         size, n = fcfg.window_samples, self.samples[i]
+        # A window played `speed` times as fast is made from `speed` windows of audio.
+        need = size if size is None or speed == 1.0 else int(round(size * speed))
         # The crop is drawn over the keyed row's length: a paired copy (at most the first
         # COPY_MAX_S of its source) starts where its source does and uses the same draws.
         n_key = self.samples[self.keys[i]]
-        start = int(rng.integers(0, n_key - size + 1)) if size and n_key > size else 0
-        if size is None:  # whole clip (the original's --whole-clip features)
+        start = int(rng.integers(0, n_key - need + 1)) if need and n_key > need else 0
+        if need is None:  # whole clip (the original's --whole-clip features)
             audio = load_audio(self.files[i])
-        elif n > size:
-            start = min(start, n - size)
-            audio = load_audio(self.files[i], start, start + size)
+        elif n > need:
+            start = min(start, n - need)
+            audio = load_audio(self.files[i], start, start + need)
         else:
-            audio = pad_to(load_audio(self.files[i]), size, fcfg.pad)
+            audio = pad_to(load_audio(self.files[i]), need, fcfg.pad)
+        if speed != 1.0:
+            audio = change_speed(audio, fcfg.sample_rate, speed)
+            if size is not None:
+                audio = pad_to(audio, size, fcfg.pad)
         if aug.active:
             audio = augment_waveform(audio, fcfg.sample_rate, aug, rng)
         feat = window_features(audio, fcfg)
