@@ -99,3 +99,66 @@ def test_run_json_refuses_an_unknown_loss():
 
     with pytest.raises(ValueError, match="'loss'"):
         TrainConfig.from_dict({"data_dir": "d", "out": "o", "loss": "hinge"})
+
+
+def test_embedding_head_projects_signed_features_then_takes_the_cosine():
+    from trainer.model import ArchError, check_arch
+
+    name, kwargs = network("tiny", "oc-softmax", 16)
+    assert kwargs["head"] == "cosine" and kwargs["embedding"] == 16
+    fc = create_model(name, kwargs).fc
+    assert isinstance(fc, torch.nn.Sequential) and isinstance(fc[0], torch.nn.Linear)
+    assert fc[0].out_features == 16
+    pooled = torch.relu(torch.randn(8, fc[0].in_features))  # timm's pooled: never negative
+    with torch.no_grad():
+        emb = fc[0](pooled)
+        logits = fc(pooled).reshape(-1)
+    assert (emb < 0).any()  # the projection is signed, unlike the pooled features
+    cos = torch.nn.functional.cosine_similarity(emb, fc[1].weight, dim=1)
+    expected = OC_ALPHA * ((OC_M_REAL + OC_M_FAKE) / 2 - cos)
+    assert torch.allclose(logits, expected, atol=1e-5)
+    assert network("tiny", "bce", 0)[1].get("embedding") is None
+    with pytest.raises(ArchError, match="embedding needs head 'cosine'"):
+        check_arch(name, {"embedding": 16})
+    with pytest.raises(ArchError, match="embedding must be"):
+        check_arch(name, {"head": "cosine", "embedding": 1})
+
+
+def test_oc_embedding_run_is_recorded_and_exported(itw_dataset, features_json,
+                                                   feature_cache, tmp_path):
+    from export.cli import app as export_app
+    from trainer.cli import app as train_app
+
+    out = tmp_path / "oc-emb"
+    r = runner.invoke(train_app, [str(a) for a in (
+        itw_dataset, "--out", out, "--epochs", "1", "--feature-config", features_json,
+        "--cache-dir", feature_cache, "--loss", "oc-softmax", "--oc-embedding", "16",
+        *FAST_TRAIN)])
+    assert r.exit_code == 0, r.stderr + r.stdout
+    assert json.loads((out / "run.json").read_text())["config"]["oc_embedding"] == 16
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["arch_kwargs"]["head"] == "cosine" and meta["arch_kwargs"]["embedding"] == 16
+    assert meta["metrics"]["recipe"]["loss"] == "OC-Softmax (cosine head on a 16-d projection)"
+    state = torch.load(out / "model.pth", map_location="cpu", weights_only=True)
+    assert {"fc.0.weight", "fc.0.bias", "fc.1.weight"} <= set(state)
+    assert tuple(state["fc.0.weight"].shape)[0] == 16
+    e = runner.invoke(export_app, [str(out / "model.pth"), str(tmp_path / "oc.onnx")])
+    assert e.exit_code == 0, e.stderr + e.stdout
+    assert "end to end" in e.stdout and "FAIL" not in e.stdout
+
+
+def test_oc_embedding_needs_oc_softmax(itw_dataset, tmp_path):
+    from trainer.cli import app as train_app
+    from trainer.config import TrainConfig
+
+    for extra, said in ((("--oc-embedding", "64"), "add --loss oc-softmax"),
+                        (("--loss", "oc-softmax", "--oc-embedding", "1"), "at least 2")):
+        r = runner.invoke(train_app, [str(itw_dataset), "--out", str(tmp_path / "x"), *extra])
+        assert r.exit_code == 2 and said in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="'oc_embedding' needs 'loss' oc-softmax"):
+        TrainConfig.from_dict({"data_dir": "d", "out": "o", "oc_embedding": 8})
+    with pytest.raises(ValueError, match="'oc_embedding' is 1"):
+        TrainConfig.from_dict({"data_dir": "d", "out": "o", "loss": "oc-softmax",
+                               "oc_embedding": 1})

@@ -119,6 +119,11 @@ def train(
                               "classifier (both recipes); oc-softmax: the one-class loss "
                               "of Zhang et al. 2021 on a cosine head (bona fide compact, "
                               "spoofs anywhere outside)."),
+    oc_embedding: int = typer.Option(0, min=0, max=4096, metavar="N", help="With --loss "
+                                     "oc-softmax: a signed linear projection of the pooled "
+                                     "features to N dimensions before the cosine head, as in "
+                                     "the paper's network (e.g. 256; 0: the cosine on the "
+                                     "pooled features)."),
     class_balance: bool = typer.Option(True, "--class-balance/--no-class-balance",
                                        help="Weight BCE so both classes count equally "
                                        "(original: off)."),
@@ -220,6 +225,12 @@ def train(
         if freeze_until is not None and pretrained is None and init_from is None:
             raise fail("--freeze-until freezes weights you start from: add --init-from or "
                        "--pretrained")
+        if oc_embedding and loss.value != "oc-softmax":
+            raise fail("--oc-embedding is the projection of OC-Softmax's cosine head: add "
+                       "--loss oc-softmax, or leave it out")
+        if oc_embedding == 1:
+            raise fail("--oc-embedding 1 leaves the cosine nothing to measure (it is +1 or -1); "
+                       "use 0 (no projection) or at least 2, e.g. 256")
         try:
             if feature_config is not None:
                 fcfg = FeatureConfig.from_json(feature_config.read_text())
@@ -246,7 +257,7 @@ def train(
                         else str(Path(pretrained).resolve())),
             init_from=str(init_from.resolve()) if init_from else None,
             freeze_until=freeze_until.value if freeze_until else None,
-            ema=ema,
+            ema=ema, oc_embedding=oc_embedding,
             **settings,
         )
         check_arch(cfg.arch, resolve_arch)

@@ -66,6 +66,9 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # linear warmup, per step, before the schedule
     class_balance: bool = False  # weight BCE so both classes count equally
     loss: str = "bce"  # LOSSES
+    # oc-softmax only: project the pooled features to this many dimensions (a signed linear
+    # layer, as the paper's network) before the cosine head; 0: the cosine on them directly.
+    oc_embedding: int = 0
     # Exponential moving average of the weights (trainer.loop.make_ema): the per-step decay
     # it approaches (0: off); validation, model selection and model.pth use the average.
     ema: float = 0.0
@@ -125,6 +128,9 @@ class TrainConfig:
             if lowest is not None and value is not None and value < lowest:
                 raise ValueError(f"config {f.name!r} is {value!r}; it must be at least "
                                  f"{lowest}")
+            if f.name == "oc_embedding" and not (value == 0 or 2 <= value <= 4096):
+                raise ValueError(f"config 'oc_embedding' is {value!r}; it must be 0 or in "
+                                 "[2, 4096]")
             if f.name == "ema" and not 0.0 <= value < 1.0:
                 raise ValueError(f"config 'ema' is {value!r}; it must be in [0, 1)")
             if f.name == "target_fpr" and value is not None and not 0.0 <= value <= 1.0:
@@ -134,6 +140,8 @@ class TrainConfig:
         if cfg.pretrained and cfg.init_from:
             raise ValueError("config has both 'pretrained' and 'init_from'; a run starts "
                              "from one")
+        if cfg.oc_embedding and cfg.loss != "oc-softmax":
+            raise ValueError("config 'oc_embedding' needs 'loss' oc-softmax")
         if cfg.freeze_until and not (cfg.pretrained or cfg.init_from):
             raise ValueError("config 'freeze_until' needs 'pretrained' or 'init_from'")
         cfg.augment_config  # noqa: B018 - validates them

@@ -48,7 +48,7 @@ def check_start(cfg) -> str | None:
 
     if not (cfg.init_from or cfg.pretrained):
         return None
-    arch, arch_kwargs = network(cfg.arch, cfg.loss)
+    arch, arch_kwargs = network(cfg.arch, cfg.loss, cfg.oc_embedding)
     model = create_model(arch, arch_kwargs, cfg.pretrained)
     if cfg.init_from:
         load_init(model, cfg.init_from, arch, arch_kwargs, cfg.feature_config)
@@ -69,8 +69,12 @@ def check_same_network(source: str | Path, arch: str, arch_kwargs: dict,
         if _norm(ours[key]) != _norm(theirs[key]):
             head = (ours[key].get("head", "linear"), theirs[key].get("head", "linear")) \
                 if key == "arch_kwargs" else (None, None)
+            embedding = (ours[key].get("embedding", 0), theirs[key].get("embedding", 0)) \
+                if key == "arch_kwargs" else (None, None)
             hint = ("use the --loss it was trained with (oc-softmax has a cosine head, bce a "
                     "linear one)" if head[0] != head[1] else
+                    f"use the --oc-embedding it was trained with ({embedding[1]})"
+                    if embedding[0] != embedding[1] else
                     "use the same --arch as the model you start from")
             raise InitError(f"--init-from {source}: its {key} {theirs[key]} differs from this "
                             f"run's {ours[key]}; {hint}")

@@ -93,6 +93,10 @@ ARCH_KWARGS: dict[str, Any] = {
     # dfa's own (not timm's): the classifier. "linear" is timm's fc (one logit); "cosine"
     # is OC-Softmax's (CosineHead below), which --loss oc-softmax trains.
     "head": _one_of("linear", "cosine"),
+    # With the cosine head: a signed linear projection of the pooled features to this many
+    # dimensions before the cosine, as the OC-Softmax paper's network has (its embedding is
+    # the output of a linear layer; timm's pooled features follow a ReLU, never negative).
+    "embedding": _int(2, 4096),
 }
 
 
@@ -154,6 +158,9 @@ def check_arch(arch: Any, arch_kwargs: Any) -> None:
         expected = ARCH_KWARGS[key](value)
         if expected:
             raise ArchError(f"arch_kwargs {key} must be {expected}, got {value!r}")
+    if "embedding" in arch_kwargs and arch_kwargs.get("head") != "cosine":
+        raise ArchError("arch_kwargs embedding needs head 'cosine' (it is OC-Softmax's "
+                        "projection); remove it or train with --loss oc-softmax")
 
 
 def resolve_arch(arch: str) -> tuple[str, dict[str, Any]]:
@@ -195,13 +202,14 @@ def create_model(arch: str, arch_kwargs: dict[str, Any] | None = None,
     check_arch(arch, arch_kwargs)
     kwargs = dict(arch_kwargs or {})
     head = kwargs.pop("head", "linear")
+    embedding = kwargs.pop("embedding", 0)
     for key in ("layers", "channels"):  # JSON gives lists; timm wants tuples
         if key in kwargs:
             kwargs[key] = tuple(kwargs[key])
     if pretrained == IMAGENET:
         try:
             return _with_head(timm.create_model(arch, pretrained=True, in_chans=1,
-                                                num_classes=1, **kwargs), head)
+                                                num_classes=1, **kwargs), head, embedding)
         except RuntimeError as e:  # the ImageNet weights are res2net's own shapes
             raise _misfit(pretrained, arch, arch_kwargs, e) from e
         except Exception as e:  # noqa: BLE001 - offline, hub errors: say what to do
@@ -211,25 +219,37 @@ def create_model(arch: str, arch_kwargs: dict[str, Any] | None = None,
                 "internet save them elsewhere (torch.save(timm.create_model(ARCH, "
                 "pretrained=True).state_dict(), FILE)) and pass --pretrained FILE") from e
     model = _with_head(timm.create_model(arch, pretrained=False, in_chans=1, num_classes=1,
-                                         **kwargs), head)
+                                         **kwargs), head, embedding)
     if pretrained is not None:
         _load_timm_checkpoint(model, pretrained, arch, arch_kwargs)
     return model
 
 
-def _with_head(model, head: str):
-    """timm's model with its fc replaced by the cosine head when asked (keys fc.weight)."""
+def _with_head(model, head: str, embedding: int = 0):
+    """timm's model with its fc replaced by the cosine head when asked (keys fc.weight), or
+    by a linear projection to `embedding` dimensions and the cosine head on it (keys
+    fc.0.weight, fc.0.bias, fc.1.weight)."""
     if head == "cosine":
-        model.fc = cosine_head(model.num_features)
+        if embedding:
+            import torch
+
+            model.fc = torch.nn.Sequential(torch.nn.Linear(model.num_features, embedding),
+                                           cosine_head(embedding))
+        else:
+            model.fc = cosine_head(model.num_features)
     return model
 
 
-def network(arch: str, loss: str = "bce") -> tuple[str, dict[str, Any]]:
+def network(arch: str, loss: str = "bce", oc_embedding: int = 0
+            ) -> tuple[str, dict[str, Any]]:
     """(timm model name, arch_kwargs) a run trains: the preset's, plus the head its loss
-    needs (OC-Softmax: the cosine head)."""
+    needs (OC-Softmax: the cosine head, on a projection to `oc_embedding` dimensions when
+    that is not 0)."""
     name, kwargs = resolve_arch(arch)
     if loss == "oc-softmax":
         kwargs["head"] = "cosine"
+        if oc_embedding:
+            kwargs["embedding"] = oc_embedding
     return name, kwargs
 
 

@@ -160,7 +160,8 @@ def recipe_record(cfg) -> dict:
         "bn_batches": cfg.bn_batches,
         "optimizer": {"adam": "Adam", "adamw": "AdamW"}[cfg.optimizer],
         "weight_decay": cfg.weight_decay,
-        "loss": ({"bce": "binary cross-entropy", "oc-softmax": "OC-Softmax (cosine head)"}
+        "loss": ({"bce": "binary cross-entropy", "oc-softmax": "OC-Softmax (cosine head"
+                  + (f" on a {cfg.oc_embedding}-d projection)" if cfg.oc_embedding else ")")}
                  [cfg.loss] + (", class-balanced" if cfg.class_balance else "")),
         "inputs": "random crops of cached audio" if cfg.from_audio else "frozen windows",
         "augmentation": cfg.augment if cfg.augment is not None else "none",
