@@ -323,6 +323,29 @@ def test_two_process_gloo_ddp(dataset, features_json, cache, tmp_path):
     assert md.metrics["test"]["n"] == 12
     state = torch.load(out / "model.pth", weights_only=True)
     assert not any(k.startswith("module.") for k in state)
+    assert "(gloo, 2 ranks)" in r.stderr + r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_one_rank_under_torchrun_uses_the_backend_of_its_device(dataset, features_json, cache,
+                                                                 tmp_path, device):
+    """`torchrun --nproc_per_node 1` sets up the process group N ranks would use (gloo on
+    CPU, nccl on a GPU), trains, and tears it down. The cuda case runs where a GPU is."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device: the nccl case runs on a GPU machine")
+    out = tmp_path / "one"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1",
+           "--master_port", "29518", "-m", "trainer", str(dataset), "--out", str(out),
+           "--epochs", "1", "--device", device, "--feature-config", str(features_json),
+           "--cache-dir", str(cache), *FAST]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    backend = "nccl" if device == "cuda" else "gloo"
+    assert f"({backend}, 1 rank)" in r.stderr + r.stdout
+    assert r.stdout.count("dfa-train summary") == 1
+    assert (out / "model.pth").is_file()
 
 
 # ------------------------------------------- run folders, run.json, checkpoints, paths

@@ -25,10 +25,15 @@ class Dist:
         self.device = torch.device("cuda", self.local_rank) if use_cuda else torch.device("cpu")
         if use_cuda:
             torch.cuda.set_device(self.device)
-        if self.world > 1:
+        # A launcher's run (torchrun sets WORLD_SIZE and MASTER_ADDR) gets a process group
+        # even with one process: `torchrun --nproc_per_node 1` then checks the backend
+        # (nccl on a GPU) that N processes would use. The collectives below stay no-ops.
+        self.backend = None
+        if self.world > 1 or ("WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ):
             import torch.distributed as dist
 
-            dist.init_process_group("nccl" if use_cuda else "gloo")
+            self.backend = "nccl" if use_cuda else "gloo"
+            dist.init_process_group(self.backend)
 
     @property
     def main(self) -> bool:
@@ -74,7 +79,8 @@ class Dist:
         return t.tolist()
 
     def close(self) -> None:
-        if self.world > 1:
+        if self.backend is not None:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+            self.backend = None

@@ -91,7 +91,7 @@ def _prepare(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log) ->
 def _run(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log) -> int:
     import torch
 
-    arch_name, arch_kwargs = network(cfg.arch, cfg.loss)
+    arch_name, arch_kwargs = network(cfg.arch, cfg.loss, cfg.oc_embedding)
     _prepare(cfg, resume, out, dist, log)
     table = read_dataset(out)
     state = RunState(
@@ -149,8 +149,11 @@ def _run(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log) -> int
 
         train_model = DistributedDataParallel(
             model, device_ids=[dist.local_rank] if dist.cuda else None)
+    group = (f" ({dist.backend}, {dist.world} rank{'s' if dist.world > 1 else ''})"
+             if dist.backend else "")
     log.info(f"model: {cfg.arch} ({arch_name}, {count_parameters(model) / 1e6:.2f} M "
              f"parameters) on {dist.device}{' x' + str(dist.world) if dist.world > 1 else ''}"
+             f"{group}"
              f"{', bf16 autocast' if cfg.amp and dist.cuda else ''}")
 
     # Loading a cached window is a memory-mapped read. On CPU the cores are busy training,
