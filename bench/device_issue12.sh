@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 12's GPU check in one run (the device tool lends 15 minutes in all): an
 # In-the-Wild-length corpus built on the machine's cores, training throughput (model alone,
-# loader alone, the whole loop for one epoch), bulk scoring (onnxruntime on the CPU cores
-# with threads vs --workers, torch eager on the GPU), one log.
+# loader alone, the whole loop for one epoch), one torchrun rank on nccl, bulk scoring
+# (onnxruntime on the CPU cores with threads vs --workers, torch eager on the GPU), one log.
 #
 # The device image has python3 with torch, timm, onnx, onnxruntime (CPU only: no
 # onnxruntime-gpu, and its wheel is larger than the 64 MiB a call may carry), pandas,
@@ -70,6 +70,11 @@ for line in open(sys.argv[1]):
     r = json.loads(line)
     print({k: r[k] for k in r if "time" in k or k in ("epoch", "val_eer")})
 EOF
+
+log "one rank under torchrun: the nccl process group (tiny preset, 1 epoch, the same cache)"
+$PY -m torch.distributed.run --nproc_per_node 1 -m trainer "$WORK/itw" --out "$WORK/nccl" \
+  --arch tiny --epochs 1 --device "$DEVICE" --cache-dir "$WORK/cache" --batch-size 64 2>&1 \
+  | grep -E "^model:|EER  |error" || echo "one-rank torchrun run FAILED"
 
 log "bulk scoring: onnxruntime on $CORES cores, threads vs --workers; torch eager on $DEVICE"
 $PY bench/bench_bulk.py --data "$WORK/itw" --files "$BULK_FILES" --presets res2net50,edge \
