@@ -145,6 +145,13 @@ def test_oc_embedding_run_is_recorded_and_exported(itw_dataset, features_json,
     e = runner.invoke(export_app, [str(out / "model.pth"), str(tmp_path / "oc.onnx")])
     assert e.exit_code == 0, e.stderr + e.stdout
     assert "end to end" in e.stdout and "FAIL" not in e.stdout
+    # the projection's Gemm goes through int8 pre-processing and quantization too
+    e = runner.invoke(export_app, [str(a) for a in (
+        out / "model.pth", tmp_path / "oc.int8.onnx", "--quantize", "int8", "--calibration",
+        itw_dataset, "--calibration-files", "20", "--agreement-files", "60",
+        "--min-agreement", "0.5", "--max-eer-increase", "1.0")])
+    assert e.exit_code == 0, e.stderr + e.stdout
+    assert "int8 quantization" in e.stdout and (tmp_path / "oc.int8.onnx").is_file()
 
 
 def test_oc_embedding_needs_oc_softmax(itw_dataset, tmp_path):
