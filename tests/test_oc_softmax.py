@@ -28,6 +28,22 @@ def zhang_loss(cos, y, spoof_weight=1.0):
             + spoof_weight * sp(OC_ALPHA * (cos - OC_M_FAKE)) * y).sum()
 
 
+def export_float_and_int8(model_pth, folder, calibration):
+    """dfa-export to fp32 (every check passing) and to int8 (calibrated on `calibration`,
+    gate loosened: a 2-epoch model's EER is not the point)."""
+    from export.cli import app as export_app
+
+    e = runner.invoke(export_app, [str(model_pth), str(folder / "oc.onnx")])
+    assert e.exit_code == 0, e.stderr + e.stdout
+    assert "end to end" in e.stdout and "FAIL" not in e.stdout
+    e = runner.invoke(export_app, [str(a) for a in (
+        model_pth, folder / "oc.int8.onnx", "--quantize", "int8", "--calibration",
+        calibration, "--calibration-files", "20", "--agreement-files", "60",
+        "--min-agreement", "0.5", "--max-eer-increase", "1.0")])
+    assert e.exit_code == 0, e.stderr + e.stdout
+    assert "int8 quantization" in e.stdout and (folder / "oc.int8.onnx").is_file()
+
+
 @pytest.mark.parametrize("balance", [False, True])
 def test_the_loss_on_the_heads_logit_is_oc_softmax(balance):
     rng = np.random.default_rng(0)
@@ -60,7 +76,6 @@ def test_cosine_head_scores_the_bona_fide_direction_lowest():
 
 def test_oc_softmax_run_is_recorded_exported_and_kept_apart(
         itw_dataset, features_json, feature_cache, trained_run, tmp_path):
-    from export.cli import app as export_app
     from trainer.cli import app as train_app
 
     out = tmp_path / "oc"
@@ -74,17 +89,9 @@ def test_oc_softmax_run_is_recorded_exported_and_kept_apart(
     assert meta["metrics"]["recipe"]["loss"] == "OC-Softmax (cosine head)"
     state = torch.load(out / "model.pth", map_location="cpu", weights_only=True)
     assert "fc.weight" in state and "fc.bias" not in state
-    # dfa-export rebuilds the cosine head from model.json and checks torch vs onnxruntime
-    e = runner.invoke(export_app, [str(out / "model.pth"), str(tmp_path / "oc.onnx")])
-    assert e.exit_code == 0, e.stderr + e.stdout
-    assert "end to end" in e.stdout and "FAIL" not in e.stdout
+    # dfa-export rebuilds the cosine head from model.json and checks torch vs onnxruntime,
     # and to int8 (F.normalize's ReduceL2 + Expand once broke the int8 pre-processing)
-    e = runner.invoke(export_app, [str(a) for a in (
-        out / "model.pth", tmp_path / "oc.int8.onnx", "--quantize", "int8", "--calibration",
-        itw_dataset, "--calibration-files", "20", "--agreement-files", "60",
-        "--min-agreement", "0.5", "--max-eer-increase", "1.0")])
-    assert e.exit_code == 0, e.stderr + e.stdout
-    assert "int8 quantization" in e.stdout
+    export_float_and_int8(out / "model.pth", tmp_path, itw_dataset)
     # a BCE model is another network: fine-tuning one with OC-Softmax is refused by name
     r = runner.invoke(train_app, [str(a) for a in (
         itw_dataset, "--out", tmp_path / "ft", "--epochs", "1", "--feature-config",
@@ -126,7 +133,6 @@ def test_embedding_head_projects_signed_features_then_takes_the_cosine():
 
 def test_oc_embedding_run_is_recorded_and_exported(itw_dataset, features_json,
                                                    feature_cache, tmp_path):
-    from export.cli import app as export_app
     from trainer.cli import app as train_app
 
     out = tmp_path / "oc-emb"
@@ -142,16 +148,8 @@ def test_oc_embedding_run_is_recorded_and_exported(itw_dataset, features_json,
     state = torch.load(out / "model.pth", map_location="cpu", weights_only=True)
     assert {"fc.0.weight", "fc.0.bias", "fc.1.weight"} <= set(state)
     assert tuple(state["fc.0.weight"].shape)[0] == 16
-    e = runner.invoke(export_app, [str(out / "model.pth"), str(tmp_path / "oc.onnx")])
-    assert e.exit_code == 0, e.stderr + e.stdout
-    assert "end to end" in e.stdout and "FAIL" not in e.stdout
     # the projection's Gemm goes through int8 pre-processing and quantization too
-    e = runner.invoke(export_app, [str(a) for a in (
-        out / "model.pth", tmp_path / "oc.int8.onnx", "--quantize", "int8", "--calibration",
-        itw_dataset, "--calibration-files", "20", "--agreement-files", "60",
-        "--min-agreement", "0.5", "--max-eer-increase", "1.0")])
-    assert e.exit_code == 0, e.stderr + e.stdout
-    assert "int8 quantization" in e.stdout and (tmp_path / "oc.int8.onnx").is_file()
+    export_float_and_int8(out / "model.pth", tmp_path, itw_dataset)
 
 
 def test_oc_embedding_needs_oc_softmax(itw_dataset, tmp_path):
