@@ -49,8 +49,8 @@ def clip():
     return speechlike()
 
 
-def test_names_are_the_four_families():
-    assert V.VOCODERS == ("lpc", "phase", "channel", "sinusoidal")
+def test_names_are_the_five_families():
+    assert V.VOCODERS == ("lpc", "phase", "channel", "sinusoidal", "ifwarp")
 
 
 @pytest.mark.parametrize("name", V.VOCODERS)
@@ -173,3 +173,48 @@ def test_no_global_rng_use(clip):
     for name in V.VOCODERS:
         V.vocode(clip, SR, name, np.random.default_rng(0))
     assert np.array_equal(np.random.get_state()[1], state)
+
+
+
+def phase_statistics(x, n_fft: int = 512) -> tuple[float, float]:
+    """Two magnitude-weighted phase statistics over the frames within 40 dB of the loudest:
+    the mean |wrapped deviation| of each bin's frame-to-frame phase advance from its centre
+    frequency's, and the mean cosine of the difference of that deviation between
+    neighbouring bins, less the difference a stationary sinusoid gives (1 when the bins of a
+    spectral peak agree on its frequency)."""
+    import librosa
+
+    hop = n_fft // 4
+    d = librosa.stft(np.asarray(x, np.float32), n_fft=n_fft, hop_length=hop)
+    advance = hop * 2 * np.pi * np.arange(d.shape[0]) / n_fft
+    level = 10 * np.log10((np.abs(d[:, 1:]) ** 2).sum(axis=0) + 1e-20)
+    active = level > level.max() - 40
+    dev = np.angle(d[:, 1:] * np.conj(d[:, :-1]) * np.exp(-1j * advance)[:, None])[:, active]
+    w = (np.abs(d[:, 1:]) * np.abs(d[:, :-1]))[:, active]
+    lobe = np.cos(np.diff(dev, axis=0) + 2 * np.pi * hop / n_fft)
+    w2 = np.sqrt(w[1:] * w[:-1])
+    # each of 32 equal bands weighted alike, the lowest two and the top four left out (the
+    # loudest harmonics would otherwise decide both numbers alone)
+    bands = list(zip(np.array_split(np.abs(dev[:-1]) * w[:-1], 32),
+                     np.array_split(w[:-1], 32), np.array_split(lobe * w2, 32),
+                     np.array_split(w2, 32), strict=True))[2:28]
+    return (float(np.mean([a.sum() / b.sum() for a, b, _, _ in bands])),
+            float(np.mean([c.sum() / e.sum() for _, _, c, e in bands])))
+
+
+def test_ifwarp_errs_on_both_sides_of_natural_phase(clip):
+    """warp_phase_advance with scale 1 gives the input back; near 0 every bin turns at its
+    centre frequency (both statistics fall well below the input's), 2 makes the bins of a
+    peak agree more than in the input (lobe coherence above it). A set of training spoofs
+    that errs only one way teaches "the other way is human"."""
+    deviation, lobe = phase_statistics(clip)
+    same = V.warp_phase_advance(clip, 512, 1.0)
+    assert np.allclose(same[2048:-2048], clip[2048:-2048], atol=1e-3 * np.abs(clip).max())
+    d0, l0 = phase_statistics(V.warp_phase_advance(clip, 512, 0.0))
+    assert d0 < deviation - 0.1 and l0 < lobe - 0.1
+    _, l2 = phase_statistics(V.warp_phase_advance(clip, 512, 2.0))
+    assert l2 > lobe + 0.03
+    # vocode() draws either side about half the time, each call's choice from its rng
+    low = [phase_statistics(V.vocode(clip, SR, "ifwarp", np.random.default_rng(s)))[1]
+           < lobe - 0.1 for s in range(12)]
+    assert 2 <= sum(low) <= 10
