@@ -34,7 +34,8 @@ def load_trained(model_path: Path, config: Path | None = None):
         raise ExportError(f"{sidecar}: {e}") from e
     state = load_state_dict(model_path)
     try:
-        model = create_model(metadata.arch, metadata.arch_kwargs)
+        model = create_model(metadata.arch, metadata.arch_kwargs,
+                             in_chans=metadata.features.input_shape[0])
     except Exception as e:  # noqa: BLE001 - timm raises RuntimeError/TypeError for bad kwargs
         raise ExportError(f"{sidecar}: cannot build arch {metadata.arch!r} with "
                           f"{metadata.arch_kwargs} ({e})") from e

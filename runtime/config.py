@@ -42,6 +42,10 @@ class FeatureConfig:
     image_width: int = 224  # time axis
     normalize: str = "instance"  # per window: zero mean, unit variance
     frequency_scale: str = "mel"  # n_mels bands on this scale (FREQUENCY_SCALES)
+    # A second input channel: per band and frame, the power-weighted mean |deviation| of each
+    # STFT bin's frame-to-frame phase advance from its centre frequency's (how regularly the
+    # phase turns), resized and normalised like the first. Magnitude features cannot see it.
+    phase_channel: bool = False
 
     def __post_init__(self):
         """Every field checked for type and range: a FeatureConfig also arrives from a
@@ -93,6 +97,8 @@ class FeatureConfig:
         if self.frequency_scale not in FREQUENCY_SCALES:
             bad(f"frequency_scale must be one of {FREQUENCY_SCALES}, got "
                 f"{self.frequency_scale!r}")
+        if not isinstance(self.phase_channel, bool):
+            bad(f"phase_channel must be true or false, got {self.phase_channel!r}")
         if self.normalize not in NORMALIZE_MODES:
             bad(f"normalize must be one of {NORMALIZE_MODES}, got {self.normalize!r}")
         if not (self.db_ref == "max" or (isinstance(self.db_ref, (int, float))
@@ -108,7 +114,7 @@ class FeatureConfig:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return (1, self.image_height, self.image_width)
+        return (2 if self.phase_channel else 1, self.image_height, self.image_width)
 
     @property
     def window_samples(self) -> int | None:
@@ -125,12 +131,14 @@ class FeatureConfig:
         return int(round(self.min_duration_s * self.sample_rate))
 
     def to_dict(self) -> dict:
-        """Every field, except frequency_scale while it is "mel": a mel model's metadata
-        stays readable by dfa versions from before that field (they refuse unknown
-        fields, and would compute exactly these features)."""
+        """Every field, except frequency_scale while it is "mel" and phase_channel while it
+        is off: such a model's metadata stays readable by dfa versions from before those
+        fields (they refuse unknown fields, and would compute exactly these features)."""
         data = asdict(self)
         if data["frequency_scale"] == "mel":
             del data["frequency_scale"]
+        if not data["phase_channel"]:
+            del data["phase_channel"]
         return data
 
     @classmethod

@@ -170,7 +170,7 @@ class Detector:
         return self.session.get_providers()
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """P(spoof) for a (n, 1, H, W) float32 batch of window features, shape (n,)."""
+        """P(spoof) for a (n, *input_shape) float32 batch of window features, shape (n,)."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         step = max(self._max_batch or len(batch), 1)
         scores = []

@@ -1,4 +1,5 @@
-"""The one definition of the model input: audio file -> float32 (1, 224, 224) windows.
+"""The one definition of the model input: audio file -> float32 (1, 224, 224) windows
+(two channels with FeatureConfig.phase_channel).
 
 Trainer cache, export checks and dfa-detect all call this module; there is no second copy.
 
@@ -217,11 +218,14 @@ def _hann(n: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)
 
 
-def mel_power(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+def mel_power(audio: np.ndarray, cfg: FeatureConfig, spectrum_out: np.ndarray | None = None
+              ) -> np.ndarray:
     """Mel power spectrogram (n_mels, frames), float32, in numpy: the same numbers as
     librosa.feature.melspectrogram(center=True, pad_mode="constant", window="hann",
     power=2, htk=False, norm="slaney"), without importing librosa (its import and JIT cost
-    seconds at start-up). tests/test_features.py proves the two equal."""
+    seconds at start-up). tests/test_features.py proves the two equal. `spectrum_out`, a
+    complex64 (frames, n_fft // 2 + 1) array, receives the STFT itself (librosa.stft's,
+    transposed) when given."""
     n, hop = cfg.n_fft, cfg.hop_length
     audio = np.asarray(audio)
     work = _stft_work(audio.size, n, hop)
@@ -241,6 +245,8 @@ def mel_power(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
         else:  # numpy < 2.0 has no out= for the FFT
             spectrum = np.fft.rfft(windowed, axis=1)
         spectrum32[...] = spectrum
+        if spectrum_out is not None:
+            spectrum_out[a:b] = spectrum32
         np.abs(spectrum32, out=power[a:b])
         np.square(power[a:b], out=power[a:b])
     return filterbank(cfg) @ power.T
@@ -291,6 +297,35 @@ def power_to_db(power: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     if cfg.top_db is not None:
         db = np.maximum(db, db.max() - cfg.top_db)
     return db.astype(np.float32, copy=False)
+
+
+def stft_frames(samples: int, cfg: FeatureConfig) -> int:
+    """Frames of a centred STFT of `samples` samples (librosa's count)."""
+    return 1 + samples // cfg.hop_length
+
+
+def phase_deviation(spectrum: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """The phase channel, (n_mels, frames) float32 in [0, pi]: for each band and frame, the
+    mean |deviation| of each bin's phase advance since the previous frame from the advance
+    of the bin's centre frequency (2 pi k hop / n_fft, wrapped to [-pi, pi]), weighted by the
+    filterbank and by |X_t| |X_t-1|. A steady partial between bins gives a fixed deviation,
+    noise a uniform one (mean pi/2), a phase that turns at the bin centres 0. Bands more than
+    top_db below the loudest (the power channel's floor) read pi/2, as noise. The first frame
+    repeats the second's. `spectrum` is the STFT as (frames, n_fft // 2 + 1) complex."""
+    spectrum = np.asarray(spectrum)
+    frames, bins = spectrum.shape
+    bank = filterbank(cfg)
+    if frames < 2:
+        return np.full((bank.shape[0], frames), np.pi / 2, np.float32)
+    advance = np.exp(-2j * np.pi * cfg.hop_length * np.arange(bins) / cfg.n_fft)
+    rotation = spectrum[1:] * np.conj(spectrum[:-1]) * advance.astype(np.complex64)
+    weight = np.abs(rotation)
+    deviation = np.abs(np.angle(rotation))
+    total = bank @ weight.T
+    mean = (bank @ (weight * deviation).T) / np.maximum(total, 1e-30)
+    floor = float(total.max()) * 10.0 ** (-cfg.top_db / 10.0)
+    mean = np.where(total > floor, mean, np.pi / 2)
+    return np.concatenate([mean[:, :1], mean], axis=1).astype(np.float32)
 
 
 def mel_db(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
@@ -359,15 +394,31 @@ def normalize(image: np.ndarray, mode: str) -> np.ndarray:
 
 def window_features(audio: np.ndarray, cfg: FeatureConfig, reference: bool = False
                     ) -> np.ndarray:
-    """One window of audio -> the model input for it, float32 of shape (1, H, W).
-    reference=True computes the mel spectrogram with librosa itself (slow start-up)."""
-    mel = mel_db_librosa(audio, cfg) if reference else mel_db(audio, cfg)
-    image = resize(mel, cfg.image_height, cfg.image_width)
-    return normalize(image, cfg.normalize).astype(np.float32, copy=False)[None]
+    """One window of audio -> the model input for it, float32 of shape cfg.input_shape:
+    (1, H, W), or (2, H, W) with the phase channel second. reference=True computes the
+    spectrogram with librosa itself (slow start-up)."""
+    if cfg.phase_channel:
+        if reference:
+            import librosa
+
+            spectrum = librosa.stft(np.ascontiguousarray(audio, dtype=np.float32),
+                                    n_fft=cfg.n_fft, hop_length=cfg.hop_length,
+                                    win_length=cfg.n_fft, window="hann", center=True,
+                                    pad_mode="constant").T
+            mel = mel_db_librosa(audio, cfg)
+        else:
+            spectrum = np.empty((stft_frames(np.asarray(audio).size, cfg),
+                                 cfg.n_fft // 2 + 1), np.complex64)
+            mel = power_to_db(mel_power(audio, cfg, spectrum), cfg)
+        channels = (mel, phase_deviation(spectrum, cfg))
+    else:
+        channels = (mel_db_librosa(audio, cfg) if reference else mel_db(audio, cfg),)
+    return np.stack([normalize(resize(c, cfg.image_height, cfg.image_width), cfg.normalize)
+                     .astype(np.float32, copy=False) for c in channels])
 
 
 class FileFeatures(NamedTuple):
-    features: np.ndarray  # (windows, 1, H, W) float32
+    features: np.ndarray  # (windows, *cfg.input_shape) float32
     starts: np.ndarray  # (windows,) first sample of each window
     ends: np.ndarray  # (windows,) end sample of each window
     duration_s: float

@@ -87,7 +87,10 @@ def card(info: dict) -> list[str]:
     window = ("whole clip" if f["window_s"] is None
               else f"{f['window_s']:g} s windows every {f['window_hop_s']:g} s (pad "
                    f"{f['pad']})")
-    lines.append(f"  features        {f['sample_rate']} Hz, {f['n_mels']} mel bins, n_fft "
+    bands = f"{f['n_mels']} {f.get('frequency_scale', 'mel')} bands"
+    if f.get("phase_channel"):
+        bands += " + phase channel"
+    lines.append(f"  features        {f['sample_rate']} Hz, {bands}, n_fft "
                  f"{f['n_fft']}, hop {f['hop_length']}; {window}; dB ref {f['db_ref']}, floor "
                  f"{f['top_db']:g} dB; {f['image_height']}x{f['image_width']}, normalise "
                  f"{f['normalize']}")

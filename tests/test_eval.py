@@ -311,7 +311,7 @@ def test_dfa_info(calibrated, model):
     assert r.exit_code == 0, r.stderr
     assert "llr = 2.000 * logit(P(spoof)) -1.000" in r.stdout
     assert "spoof when P(spoof) >= 0.7000 (default)" in r.stdout
-    assert "16000 Hz, 128 mel bins" in r.stdout and "weights         float32" in r.stdout
+    assert "16000 Hz, 128 mel bands" in r.stdout and "weights         float32" in r.stdout
     d = json.loads(runner.invoke(info_app, [str(model), "-f", "json"]).stdout)
     assert d["metadata"]["calibration"] == {} and len(d["sha256"]) == 64
     assert d["inputs"][0]["name"] == "mel"

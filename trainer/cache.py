@@ -288,7 +288,7 @@ def build_copy_features(copy_files: list[str], cfg: FeatureConfig,
 
 def write_features(path: str | os.PathLike, cfg: FeatureConfig, target: Path) -> int:
     """Compute a file's windows one at a time and store them as target (.npy, shape
-    (windows, 1, H, W) float32, as file_features would return). Returns the window count.
+    (windows, *input_shape) float32, as file_features would return). Returns the window count.
 
     Memory stays at one window whatever the file's length (a 6-hour file held every window
     at once before): windows go to a raw temporary file as they come, and the .npy is

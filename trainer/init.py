@@ -49,7 +49,8 @@ def check_start(cfg) -> str | None:
     if not (cfg.init_from or cfg.pretrained):
         return None
     arch, arch_kwargs = network(cfg.arch, cfg.loss, cfg.oc_embedding)
-    model = create_model(arch, arch_kwargs, cfg.pretrained)
+    model = create_model(arch, arch_kwargs, cfg.pretrained,
+                         in_chans=cfg.feature_config.input_shape[0])
     if cfg.init_from:
         load_init(model, cfg.init_from, arch, arch_kwargs, cfg.feature_config)
         return sha256_of(init_paths(cfg.init_from)[0])

@@ -187,8 +187,9 @@ class PretrainedError(DfaError):
 
 
 def create_model(arch: str, arch_kwargs: dict[str, Any] | None = None,
-                 pretrained: str | None = None):
-    """Build the network: one input channel (a mel image), one output logit.
+                 pretrained: str | None = None, in_chans: int = 1):
+    """Build the network: `in_chans` input channels (FeatureConfig.input_shape[0]: the mel
+    image, and the phase channel when there is one), one output logit.
 
     `arch` and `arch_kwargs` are checked first (check_arch): they may come from a
     model.json written elsewhere, and timm would act on any keyword it knows.
@@ -208,7 +209,7 @@ def create_model(arch: str, arch_kwargs: dict[str, Any] | None = None,
             kwargs[key] = tuple(kwargs[key])
     if pretrained == IMAGENET:
         try:
-            return _with_head(timm.create_model(arch, pretrained=True, in_chans=1,
+            return _with_head(timm.create_model(arch, pretrained=True, in_chans=in_chans,
                                                 num_classes=1, **kwargs), head, embedding)
         except RuntimeError as e:  # the ImageNet weights are res2net's own shapes
             raise _misfit(pretrained, arch, arch_kwargs, e) from e
@@ -218,10 +219,10 @@ def create_model(arch: str, arch_kwargs: dict[str, Any] | None = None,
                 f"({' '.join(str(e).split())[:160] or type(e).__name__}); on a machine without "
                 "internet save them elsewhere (torch.save(timm.create_model(ARCH, "
                 "pretrained=True).state_dict(), FILE)) and pass --pretrained FILE") from e
-    model = _with_head(timm.create_model(arch, pretrained=False, in_chans=1, num_classes=1,
-                                         **kwargs), head, embedding)
+    model = _with_head(timm.create_model(arch, pretrained=False, in_chans=in_chans,
+                                         num_classes=1, **kwargs), head, embedding)
     if pretrained is not None:
-        _load_timm_checkpoint(model, pretrained, arch, arch_kwargs)
+        _load_timm_checkpoint(model, pretrained, arch, arch_kwargs, in_chans)
     return model
 
 
@@ -253,7 +254,8 @@ def network(arch: str, loss: str = "bce", oc_embedding: int = 0
     return name, kwargs
 
 
-def _load_timm_checkpoint(model, path: str, arch: str, arch_kwargs) -> None:
+def _load_timm_checkpoint(model, path: str, arch: str, arch_kwargs, in_chans: int = 1
+                          ) -> None:
     """A timm checkpoint into `model`, strictly: only the classifier may be missing."""
     from pathlib import Path
 
@@ -275,8 +277,8 @@ def _load_timm_checkpoint(model, path: str, arch: str, arch_kwargs) -> None:
                               "save one with torch.save(model.state_dict(), FILE)") from e
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # a new classifier
     stem = state.get("conv1.weight")
-    if stem is not None and stem.ndim == 4 and stem.shape[1] != 1:
-        state["conv1.weight"] = adapt_input_conv(1, stem, base_chans=stem.shape[1])
+    if stem is not None and stem.ndim == 4 and stem.shape[1] != in_chans:
+        state["conv1.weight"] = adapt_input_conv(in_chans, stem, base_chans=stem.shape[1])
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as e:

@@ -106,7 +106,8 @@ def _run(cfg: TrainConfig, resume: bool, out: Path, dist: Dist, log: Log) -> int
     random.seed(cfg.seed)
     ckpt_path = out / "checkpoint.pt"
     fresh = not (resume and ckpt_path.exists())  # a checkpoint has the weights otherwise
-    model = create_model(arch_name, arch_kwargs, cfg.pretrained if fresh else None)
+    model = create_model(arch_name, arch_kwargs, cfg.pretrained if fresh else None,
+                         in_chans=cfg.feature_config.input_shape[0])
     if cfg.init_from and fresh:
         from trainer.init import load_init
 
