@@ -232,6 +232,9 @@ def mel_power(audio: np.ndarray, cfg: FeatureConfig, spectrum_out: np.ndarray | 
     # center=True, pad_mode="constant": the zeros either side of the audio stay zeros.
     work.padded[n // 2: n // 2 + audio.size] = audio
     frames, power, hann = work.frames, work.power, _hann(n)
+    if spectrum_out is not None and spectrum_out.shape != power.shape:
+        raise ValueError(f"spectrum_out has shape {spectrum_out.shape}; this STFT is "
+                         f"{power.shape}")
     # As librosa.stft: the float64 window promotes the frames, the FFT runs in double
     # precision and is stored as complex64; |.|**2 then in float32. Quiet bins far below
     # the peak would otherwise carry a float32 FFT's rounding into their dB values.
@@ -300,8 +303,10 @@ def power_to_db(power: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
 
 
 def stft_frames(samples: int, cfg: FeatureConfig) -> int:
-    """Frames of a centred STFT of `samples` samples (librosa's count)."""
-    return 1 + samples // cfg.hop_length
+    """Frames of a centred STFT of `samples` samples (librosa's count; n_fft // 2 zeros
+    either side, so an odd n_fft has one frame fewer at some lengths)."""
+    padded = samples + 2 * (cfg.n_fft // 2)
+    return 1 + (padded - cfg.n_fft) // cfg.hop_length if padded >= cfg.n_fft else 0
 
 
 def phase_deviation(spectrum: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
