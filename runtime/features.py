@@ -218,23 +218,25 @@ def _hann(n: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)
 
 
-def mel_power(audio: np.ndarray, cfg: FeatureConfig, spectrum_out: np.ndarray | None = None
-              ) -> np.ndarray:
+def mel_power(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     """Mel power spectrogram (n_mels, frames), float32, in numpy: the same numbers as
     librosa.feature.melspectrogram(center=True, pad_mode="constant", window="hann",
     power=2, htk=False, norm="slaney"), without importing librosa (its import and JIT cost
-    seconds at start-up). tests/test_features.py proves the two equal. `spectrum_out`, a
-    complex64 (frames, n_fft // 2 + 1) array, receives the STFT itself (librosa.stft's,
-    transposed) when given."""
+    seconds at start-up). tests/test_features.py proves the two equal."""
+    return _mel_power(audio, cfg, keep_spectrum=False)[0]
+
+
+def _mel_power(audio: np.ndarray, cfg: FeatureConfig, keep_spectrum: bool
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+    """mel_power, and with keep_spectrum the STFT itself as complex64 (frames, n_fft // 2
+    + 1) (librosa.stft's, transposed) for the phase channel."""
     n, hop = cfg.n_fft, cfg.hop_length
     audio = np.asarray(audio)
     work = _stft_work(audio.size, n, hop)
     # center=True, pad_mode="constant": the zeros either side of the audio stay zeros.
     work.padded[n // 2: n // 2 + audio.size] = audio
     frames, power, hann = work.frames, work.power, _hann(n)
-    if spectrum_out is not None and spectrum_out.shape != power.shape:
-        raise ValueError(f"spectrum_out has shape {spectrum_out.shape}; this STFT is "
-                         f"{power.shape}")
+    kept = np.empty(power.shape, np.complex64) if keep_spectrum else None
     # As librosa.stft: the float64 window promotes the frames, the FFT runs in double
     # precision and is stored as complex64; |.|**2 then in float32. Quiet bins far below
     # the peak would otherwise carry a float32 FFT's rounding into their dB values.
@@ -248,11 +250,11 @@ def mel_power(audio: np.ndarray, cfg: FeatureConfig, spectrum_out: np.ndarray | 
         else:  # numpy < 2.0 has no out= for the FFT
             spectrum = np.fft.rfft(windowed, axis=1)
         spectrum32[...] = spectrum
-        if spectrum_out is not None:
-            spectrum_out[a:b] = spectrum32
+        if kept is not None:
+            kept[a:b] = spectrum32
         np.abs(spectrum32, out=power[a:b])
         np.square(power[a:b], out=power[a:b])
-    return filterbank(cfg) @ power.T
+    return filterbank(cfg) @ power.T, kept
 
 
 _STFT_CHUNK = 64
@@ -302,13 +304,6 @@ def power_to_db(power: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     return db.astype(np.float32, copy=False)
 
 
-def stft_frames(samples: int, cfg: FeatureConfig) -> int:
-    """Frames of a centred STFT of `samples` samples (librosa's count; n_fft // 2 zeros
-    either side, so an odd n_fft has one frame fewer at some lengths)."""
-    padded = samples + 2 * (cfg.n_fft // 2)
-    return 1 + (padded - cfg.n_fft) // cfg.hop_length if padded >= cfg.n_fft else 0
-
-
 def phase_deviation(spectrum: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     """The phase channel, (n_mels, frames) float32 in [0, pi]: for each band and frame, the
     mean |deviation| of each bin's phase advance since the previous frame from the advance
@@ -344,10 +339,7 @@ def mel_db_librosa(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     import librosa
 
     if cfg.frequency_scale == "linear":  # librosa's STFT, then the same linear bank
-        stft = librosa.stft(np.ascontiguousarray(audio, dtype=np.float32), n_fft=cfg.n_fft,
-                            hop_length=cfg.hop_length, win_length=cfg.n_fft, window="hann",
-                            center=True, pad_mode="constant")
-        power = filterbank(cfg) @ (np.abs(stft) ** 2)
+        power = filterbank(cfg) @ (np.abs(_librosa_stft(audio, cfg)) ** 2)
         ref = np.max if cfg.db_ref == "max" else float(cfg.db_ref)
         return librosa.power_to_db(power, ref=ref, amin=1e-10,
                                    top_db=cfg.top_db).astype(np.float32)
@@ -359,6 +351,15 @@ def mel_db_librosa(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     )
     ref = np.max if cfg.db_ref == "max" else float(cfg.db_ref)
     return librosa.power_to_db(power, ref=ref, amin=1e-10, top_db=cfg.top_db).astype(np.float32)
+
+
+def _librosa_stft(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """librosa.stft as the reference paths use it: (bins, frames) complex64."""
+    import librosa
+
+    return librosa.stft(np.ascontiguousarray(audio, dtype=np.float32), n_fft=cfg.n_fft,
+                        hop_length=cfg.hop_length, win_length=cfg.n_fft, window="hann",
+                        center=True, pad_mode="constant")
 
 
 @functools.lru_cache(maxsize=256)
@@ -404,17 +405,10 @@ def window_features(audio: np.ndarray, cfg: FeatureConfig, reference: bool = Fal
     spectrogram with librosa itself (slow start-up)."""
     if cfg.phase_channel:
         if reference:
-            import librosa
-
-            spectrum = librosa.stft(np.ascontiguousarray(audio, dtype=np.float32),
-                                    n_fft=cfg.n_fft, hop_length=cfg.hop_length,
-                                    win_length=cfg.n_fft, window="hann", center=True,
-                                    pad_mode="constant").T
-            mel = mel_db_librosa(audio, cfg)
+            mel, spectrum = mel_db_librosa(audio, cfg), _librosa_stft(audio, cfg).T
         else:
-            spectrum = np.empty((stft_frames(np.asarray(audio).size, cfg),
-                                 cfg.n_fft // 2 + 1), np.complex64)
-            mel = power_to_db(mel_power(audio, cfg, spectrum), cfg)
+            power, spectrum = _mel_power(audio, cfg, keep_spectrum=True)
+            mel = power_to_db(power, cfg)
         channels = (mel, phase_deviation(spectrum, cfg))
     else:
         channels = (mel_db_librosa(audio, cfg) if reference else mel_db(audio, cfg),)

@@ -329,12 +329,14 @@ def _phase(x: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
     return librosa.istft(d, hop_length=hop, n_fft=n_fft, length=n).astype(np.float64)
 
 
-def _phase_vocoder(d: np.ndarray, rate: float, hop_length: int) -> np.ndarray:
+def _phase_vocoder(d: np.ndarray, rate: float, hop_length: int,
+                   deviation_scale: float = 1.0) -> np.ndarray:
     """librosa.phase_vocoder (same algorithm, same output) without its per-frame Python loop.
 
     `d` is an STFT (bins, frames) with n_fft = 2 * (bins - 1). Magnitudes are interpolated
     linearly at the fractional frames arange(0, frames, rate); the phase starts at frame 0's
-    and advances by each bin's expected advance plus the wrapped measured deviation.
+    and advances by each bin's expected advance plus the wrapped measured deviation (times
+    `deviation_scale`: 1 is librosa's).
     """
     n_fft = 2 * (d.shape[0] - 1)
     real = np.float32 if d.dtype == np.complex64 else np.float64
@@ -348,6 +350,8 @@ def _phase_vocoder(d: np.ndarray, rate: float, hop_length: int) -> np.ndarray:
     angle = np.angle(padded)
     dphase = (angle[:, left + 1] - angle[:, left]).astype(np.float64) - advance[:, None]
     dphase -= 2.0 * np.pi * np.round(dphase / (2.0 * np.pi))
+    if deviation_scale != 1.0:
+        dphase *= deviation_scale
     phase = np.empty_like(dphase)
     phase[:, 0] = 0.0
     np.cumsum(advance[:, None] + dphase[:, :-1], axis=1, out=phase[:, 1:])
@@ -479,17 +483,11 @@ def _ifwarp(x: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
 def warp_phase_advance(x: np.ndarray, n_fft: int, scale: float) -> np.ndarray:
     """The STFT (hop n_fft/4) with its magnitude kept and its phase re-integrated frame by
     frame from each bin's expected advance plus `scale` times the measured (wrapped)
-    deviation from it; scale 1 gives x back (up to the overlap-add's rounding)."""
+    deviation from it (the phase vocoder at rate 1); scale 1 gives x back (up to the
+    overlap-add's rounding)."""
     hop = n_fft // 4
     d = librosa.stft(np.asarray(x, np.float32), n_fft=n_fft, hop_length=hop)
-    angle = np.angle(d).astype(np.float64)
-    advance = hop * 2 * np.pi * np.arange(d.shape[0]) / n_fft
-    dev = np.diff(angle, axis=1) - advance[:, None]
-    dev -= 2.0 * np.pi * np.round(dev / (2.0 * np.pi))
-    phase = np.empty_like(angle)
-    phase[:, 0] = angle[:, 0]
-    phase[:, 1:] = angle[:, :1] + np.cumsum(advance[:, None] + scale * dev, axis=1)
-    d = (np.abs(d) * np.exp(1j * np.remainder(phase, 2 * np.pi))).astype(np.complex64)
+    d = _phase_vocoder(d, rate=1.0, hop_length=hop, deviation_scale=scale)
     return librosa.istft(d, hop_length=hop, n_fft=n_fft, length=len(x)).astype(np.float64)
 
 
