@@ -12,12 +12,14 @@ error naming it, its other files go to a replacement, and the run goes on.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue
 import threading
 import traceback
 from collections import deque
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -42,8 +44,12 @@ def _worker(wid: int, tasks, results, cfg_json: str, chunk: int) -> None:
     import signal
 
     # Ctrl-C reaches the whole process group: the parent stops the workers (close), so
-    # they need not print a KeyboardInterrupt each.
+    # they need not print a KeyboardInterrupt each. The parent started this process with
+    # SIGINT blocked (_sigint_blocked), so one sent while it was still importing is
+    # pending, not a traceback; ignoring it first discards it, then it is unblocked.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     parent = mp.parent_process()
     cfg = FeatureConfig.from_json(cfg_json)
     sr = cfg.sample_rate
@@ -92,6 +98,25 @@ def _worker(wid: int, tasks, results, cfg_json: str, chunk: int) -> None:
         results.send(("end", wid, index, error, tb))
 
 
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread while a worker is started: the spawned interpreter
+    inherits the mask across exec, so a Ctrl-C during its start (imports take a second
+    or more on a busy machine) waits until _worker ignores it instead of printing a
+    KeyboardInterrupt traceback from the middle of an import. This process still gets
+    the signal: another thread takes it now, or this one when the block ends."""
+    import signal
+
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no masks, no process groups
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 class WorkersFailed(DfaError):
     """Worker processes cannot start here: nothing can be scored with them."""
 
@@ -138,7 +163,7 @@ class FeatureWorkers:
     def _start_worker(self, wid: int) -> None:
         tasks = self._ctx.Queue()
         reader, writer = self._ctx.Pipe(duplex=False)
-        with single_thread_children():
+        with single_thread_children(), _sigint_blocked():
             proc = self._ctx.Process(target=_worker, name="dfa-features", daemon=True,
                                      args=(wid, tasks, writer, self._cfg_json, self._chunk))
             proc.start()

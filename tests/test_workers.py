@@ -192,10 +192,20 @@ def _running(pid: int) -> bool:
     return state != "Z"
 
 
+def _default_sigint() -> None:
+    """A shell starting a background job without job control (`make test &` in a script)
+    leaves SIGINT ignored, and an ignored signal stays ignored across exec: dfa-detect
+    would then never see Ctrl-C. Start it as a terminal would, with the default."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _stdin_detect(probe_model, clip, *extra):
     p = subprocess.Popen([sys.executable, "-m", "runtime.detect_cli", "-m", probe_model,
                           "--stdin", *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, start_new_session=True)
+                         stderr=subprocess.PIPE, start_new_session=True,
+                         preexec_fn=_default_sigint)
     p.stdin.write((clip + "\n").encode())
     p.stdin.flush()
     assert json.loads(p.stdout.readline())["path"] == clip
@@ -231,3 +241,40 @@ def test_ctrl_c_while_stdin_waits_ends_the_run(probe_model, clips, extra):
         pytest.fail("dfa-detect --stdin did not end on Ctrl-C")
     assert rc == 130
     assert "Traceback" not in p.stderr.read().decode()
+
+
+_START_RACE = r"""
+import os, signal, sys, time
+from runtime.config import FeatureConfig
+from runtime.workers import FeatureWorkers
+
+w = FeatureWorkers(FeatureConfig(), 1)
+pid = w._procs[0].pid
+deadline = time.monotonic() + 60
+while not w._ready[0] and time.monotonic() < deadline:
+    os.kill(pid, signal.SIGINT)  # Ctrl-C over and over while the worker imports
+    w.get(0.005)
+assert w._ready[0], "the worker never said it was ready"
+assert w._procs[0].is_alive()
+w.submit(0, sys.argv[1])
+ends = []
+while not ends and time.monotonic() < deadline:
+    msg = w.get(1.0)
+    if msg is not None and msg[0] == "end":
+        ends.append(msg)
+w.close()
+assert ends and ends[0][3] is None, ends
+print("scored")
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "pthread_sigmask"),
+                    reason="no signal masks here")
+def test_ctrl_c_while_a_worker_starts_neither_kills_it_nor_prints_a_traceback(clips):
+    """A spawned worker takes a second or more to import; SIGINT sent to the group in that
+    time must wait for its ignore handler, not end it mid-import with a traceback."""
+    p = subprocess.run([sys.executable, "-c", _START_RACE, clips["tone"]],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "scored"
+    assert "Traceback" not in p.stderr and "KeyboardInterrupt" not in p.stderr
