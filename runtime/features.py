@@ -293,9 +293,12 @@ def _stft_work(samples: int, n_fft: int, hop: int) -> _StftWork:
     return work
 
 
+_AMIN = 1e-10  # power_to_db's floor (librosa's amin); the phase channel's absolute floor
+
+
 def power_to_db(power: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     """librosa.power_to_db(power, ref=np.max or the number, amin=1e-10, top_db)."""
-    amin = 1e-10
+    amin = _AMIN
     ref = float(power.max()) if cfg.db_ref == "max" else float(cfg.db_ref)
     db = 10.0 * np.log10(np.maximum(amin, power))
     db -= 10.0 * np.log10(max(amin, ref))
@@ -304,14 +307,22 @@ def power_to_db(power: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     return db.astype(np.float32, copy=False)
 
 
+# Bumped whenever phase_deviation's numbers change: the training cache's folder for a
+# phase-channel config carries it, so features cached by an earlier definition are not
+# mixed with the runtime's. 2: the absolute floor and the clip to [0, pi].
+PHASE_CHANNEL_REVISION = 2
+
+
 def phase_deviation(spectrum: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     """The phase channel, (n_mels, frames) float32 in [0, pi]: for each band and frame, the
     mean |deviation| of each bin's phase advance since the previous frame from the advance
     of the bin's centre frequency (2 pi k hop / n_fft, wrapped to [-pi, pi]), weighted by the
     filterbank and by |X_t| |X_t-1|. A steady partial between bins gives a fixed deviation,
-    noise a uniform one (mean pi/2), a phase that turns at the bin centres 0. Bands more than
-    top_db below the loudest (the power channel's floor) read pi/2, as noise. The first frame
-    repeats the second's. `spectrum` is the STFT as (frames, n_fft // 2 + 1) complex."""
+    independent random phases a uniform one (mean pi/2), a phase that turns at the bin
+    centres 0. Bands at or below the power channel's floors (top_db below the loudest, or
+    power_to_db's absolute 1e-10) read pi/2: where the first channel sees silence, so does
+    this one. The first frame repeats the second's. `spectrum` is the STFT as (frames,
+    n_fft // 2 + 1) complex."""
     spectrum = np.asarray(spectrum)
     frames, bins = spectrum.shape
     bank = filterbank(cfg)
@@ -322,9 +333,11 @@ def phase_deviation(spectrum: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     weight = np.abs(rotation)
     deviation = np.abs(np.angle(rotation))
     total = bank @ weight.T
-    mean = (bank @ (weight * deviation).T) / np.maximum(total, 1e-30)
-    floor = float(total.max()) * 10.0 ** (-cfg.top_db / 10.0)
-    mean = np.where(total > floor, mean, np.pi / 2)
+    floor = max(float(total.max()) * 10.0 ** (-cfg.top_db / 10.0), _AMIN)
+    heard = total > floor
+    mean = (bank @ (weight * deviation).T) / np.where(heard, total, 1.0)
+    # float32 angles can round a hair past pi
+    mean = np.where(heard, np.clip(mean, 0.0, np.pi), np.pi / 2)
     return np.concatenate([mean[:, :1], mean], axis=1).astype(np.float32)
 
 

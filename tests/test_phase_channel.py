@@ -50,6 +50,44 @@ def test_silent_bands_read_as_noise_and_short_input_is_defined():
     assert np.allclose(phase_deviation(np.zeros((5, bins), np.complex64), CFG), np.pi / 2)
 
 
+def test_where_the_power_channel_hears_silence_the_phase_channel_does_too():
+    """A window under power_to_db's absolute floor (1e-10) is constant in the first channel;
+    the phase channel read full-contrast noise there, and below ~1e-16 of amplitude its
+    mean shrank towards 0 ("perfectly regular") because of a division guard."""
+    from runtime.features import _mel_power
+
+    rng = np.random.default_rng(3)
+    quiet = (1e-7 * rng.standard_normal(SR)).astype(np.float32)
+    feat = window_features(quiet, CFG)
+    assert np.abs(feat).max() < 1e-5  # both channels constant: zeros once normalised
+    for amplitude in (1e-12, 1e-17, 1e-30):
+        x = (amplitude * rng.standard_normal(SR)).astype(np.float32)
+        assert np.allclose(phase_deviation(_mel_power(x, CFG, True)[1], CFG), np.pi / 2)
+    # audible noise is still measured, not filled
+    loud = phase_deviation(_mel_power((0.1 * rng.standard_normal(SR)).astype(np.float32),
+                                      CFG, True)[1], CFG)
+    assert not np.allclose(loud, np.pi / 2, atol=0.05)
+
+
+def test_phase_deviation_never_exceeds_pi():
+    from runtime.features import _mel_power
+
+    cfg = FeatureConfig(phase_channel=True, hop_length=1024)  # hop = n_fft: wide deviations
+    t = np.arange(4 * SR) / SR
+    x = np.sin(2 * np.pi * (100.5 * SR / cfg.n_fft) * t).astype(np.float32)  # between bins
+    dev = phase_deviation(_mel_power(x, cfg, True)[1], cfg)
+    assert dev.max() <= np.float32(np.pi) and dev.min() >= 0
+
+
+def test_phase_channel_caches_are_named_by_its_revision(tmp_path):
+    from runtime.features import PHASE_CHANNEL_REVISION
+    from trainer.cache import cache_dir_for
+
+    assert cache_dir_for(tmp_path, CFG).name == f"{CFG.digest()}-phase{PHASE_CHANNEL_REVISION}"
+    plain = FeatureConfig()
+    assert cache_dir_for(tmp_path, plain).name == plain.digest()  # earlier caches stay valid
+
+
 def test_two_channel_window_matches_its_librosa_reference_and_keeps_the_first():
     t = np.arange(SR) / SR
     rng = np.random.default_rng(2)
