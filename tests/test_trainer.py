@@ -277,6 +277,23 @@ def test_interrupt_then_resume_gives_the_same_model(dataset, features_json, cach
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_interrupt_before_the_first_epoch_says_nothing_is_saved(dataset, features_json, cache,
+                                                               tmp_path, monkeypatch):
+    from trainer import train as T
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "score_files", interrupted)  # epoch 1's validation
+    out = tmp_path / "run"
+    r = train(dataset, "--out", out, "--epochs", "2", "--feature-config", features_json,
+              "--cache-dir", cache, *FAST)
+    assert r.exit_code == 130
+    assert f"no epoch ended yet, nothing is saved in {out}" in r.stderr
+    assert "epoch 0" not in r.stderr and f"--resume {out}" in r.stderr
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+
+
 @pytest.mark.slow
 def test_killed_process_resumes(dataset, features_json, cache, tmp_path):
     out = tmp_path / "run"

@@ -54,8 +54,10 @@ def run(cfg: TrainConfig, resume: bool = False) -> int:
     except KeyboardInterrupt:
         if dist.main:
             set_status(out, cfg, "interrupted")
-            log.info(f"\ninterrupted: epoch {last_epoch(out)} is the last one saved in {out}; "
-                     f"continue with: dfa-train --resume {out}")
+            done = last_epoch(out)
+            saved = (f"epoch {done} is the last one saved in {out}" if done else
+                     f"no epoch ended yet, nothing is saved in {out}")
+            log.info(f"\ninterrupted: {saved}; continue with: dfa-train --resume {out}")
         return EXIT_INTERRUPTED
     except Exception as e:
         # A run that fails while preparing its data trained nothing: say so in run.json
