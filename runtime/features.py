@@ -313,6 +313,13 @@ def power_to_db(power: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
 PHASE_CHANNEL_REVISION = 2
 
 
+def definition_tag(cfg: FeatureConfig) -> str:
+    """What a cache of cfg's features must add to cfg.digest() to name the definitions that
+    computed them: "" while every one is its first, "-phase<revision>" with the phase
+    channel."""
+    return f"-phase{PHASE_CHANNEL_REVISION}" if cfg.phase_channel else ""
+
+
 def phase_deviation(spectrum: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     """The phase channel, (n_mels, frames) float32 in [0, pi]: for each band and frame, the
     mean |deviation| of each bin's phase advance since the previous frame from the advance

@@ -58,12 +58,11 @@ def same_audio(lines, files, cache_files) -> list[Problem]:
 
 def cache_dir_for(root: str | os.PathLike, cfg: FeatureConfig) -> Path:
     """Features of one FeatureConfig live in their own folder: a config change can never
-    reuse stale arrays, nor can a change of the phase channel's definition (its revision
-    names the folder)."""
-    from runtime.features import PHASE_CHANNEL_REVISION
+    reuse stale arrays, nor can a change of a feature's definition (its revision names the
+    folder: runtime.features.definition_tag)."""
+    from runtime.features import definition_tag
 
-    name = cfg.digest() + (f"-phase{PHASE_CHANNEL_REVISION}" if cfg.phase_channel else "")
-    d = Path(root) / name
+    d = Path(root) / (cfg.digest() + definition_tag(cfg))
     d.mkdir(parents=True, exist_ok=True)
     cfg_file = d / "feature_config.json"
     if not cfg_file.exists():
