@@ -136,7 +136,7 @@ def train(
                                       "(default 2; original 0)."),
     vocoders: str | None = typer.Option(None, metavar="A,B", help="Copy-synthesis vocoders "
                                         "(default lpc,phase,channel,sinusoidal; ifwarp "
-                                        "too)."),
+                                        "and melmag too)."),
     val_vocoder: str | None = typer.Option(None, metavar="NAME", help="Validate on an attack "
                                            "training never sees: copies of the validation "
                                            "bona fide clips by this vocoder join validation "
@@ -152,6 +152,10 @@ def train(
                               "this decay (e.g. 0.999; warmed up from 0 so early weights "
                               "fade fast; 0: off). Validation, model selection and "
                               "model.pth use the average."),
+    sam: float = typer.Option(0.0, min=0.0, max=10.0, metavar="RHO", help="Sharpness-aware "
+                              "minimisation: each step takes the gradient at the worst "
+                              "point within RHO of the weights (e.g. 0.05; 0: off). Twice "
+                              "the compute per batch."),
     workers: int | None = typer.Option(None, min=1, help="Cache worker processes (default: "
                                        "CPU count, at most 8); on GPU the data loaders use "
                                        "up to 4 (frozen windows) or all (default recipe), on "
@@ -258,7 +262,7 @@ def train(
                         else str(Path(pretrained).resolve())),
             init_from=str(init_from.resolve()) if init_from else None,
             freeze_until=freeze_until.value if freeze_until else None,
-            ema=ema, oc_embedding=oc_embedding,
+            ema=ema, sam=sam, oc_embedding=oc_embedding,
             **settings,
         )
         check_arch(cfg.arch, resolve_arch)

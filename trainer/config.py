@@ -3,6 +3,7 @@ run.json stores them (what --resume reads back)."""
 
 from __future__ import annotations
 
+import math
 import os
 import typing
 from dataclasses import MISSING, dataclass, field, fields
@@ -72,6 +73,9 @@ class TrainConfig:
     # Exponential moving average of the weights (trainer.loop.make_ema): the per-step decay
     # it approaches (0: off); validation, model selection and model.pth use the average.
     ema: float = 0.0
+    # Sharpness-aware minimisation (trainer.loop.sam_gradient): the radius rho of the weight
+    # perturbation (0: off; 0.05 is the paper's and NII's anti-spoofing setting).
+    sam: float = 0.0
     augment: dict | None = None  # AugmentConfig.to_dict(); None: no augmentation
     copy_synthesis: dict | None = None  # CopySynthesisConfig.to_dict(); None: none
     # Where the weights start (trainer/init.py): timm's ImageNet weights ("imagenet") or a
@@ -131,6 +135,8 @@ class TrainConfig:
             if f.name == "oc_embedding" and not (value == 0 or 2 <= value <= 4096):
                 raise ValueError(f"config 'oc_embedding' is {value!r}; it must be 0 or in "
                                  "[2, 4096]")
+            if f.name == "sam" and not (math.isfinite(value) and 0.0 <= value <= 10.0):
+                raise ValueError(f"config 'sam' is {value!r}; it must be in [0, 10]")
             if f.name == "ema" and not 0.0 <= value < 1.0:
                 raise ValueError(f"config 'ema' is {value!r}; it must be in [0, 1)")
             if f.name == "target_fpr" and value is not None and not 0.0 <= value <= 1.0:

@@ -168,6 +168,7 @@ def recipe_record(cfg) -> dict:
         "copy_synthesis": cfg.copy_synthesis if cfg.copy_synthesis is not None else "none",
         # the weights model.pth holds: the run's last/best, or their moving average
         "ema": cfg.ema or None,
+        "sam_rho": cfg.sam or None,
         "holdout_attack": cfg.holdout_attack,
         "start": start_record(cfg),
     }
