@@ -200,8 +200,8 @@ def test_bench_loader():
         positive(r["windows/s, 1 workers"])
     costs = {r["transform, one 4 s window, one core"]: positive(r["median ms"])
              for r in table_with(out, "median ms")}
-    assert len(costs) == 15 and "codec opus" in costs and "vocoder lpc (once per copy)" in costs
-    assert "vocoder ifwarp (once per copy)" in costs
+    assert len(costs) == 16 and "codec opus" in costs and "vocoder lpc (once per copy)" in costs
+    assert "vocoder ifwarp (once per copy)" in costs and "vocoder melmag (once per copy)" in costs
 
 
 def test_bench_bulk():

@@ -45,6 +45,14 @@ artifacts matters more than fidelity):
               (BENCHMARKS.md, "Session 10": lpc, phase, channel and sinusoidal all make the
               phase advance less regular than speech's; Griffin-Lim makes it more regular).
 
+  melmag      mel-spectrogram bottleneck: the STFT magnitude (n_fft 512 or 1024, hop n_fft/4)
+              replaced by each of 40-128 mel bands' mean magnitude interpolated back over
+              the band's bins, each band-frame off by a Gaussian error of 0-1.5 dB (an
+              acoustic model's prediction error), with the signal's own phase. What every
+              vocoder driven by a mel spectrogram starts from: above a few kHz the bands are
+              wider than the spacing of the harmonics, which are smeared into noise. Its
+              phase is the recording's, so it teaches the magnitude's artifact alone.
+
 lpc, channel and sinusoidal share a vectorised YIN F0 tracker (at about 8 kHz, 10 ms hop);
 all five end in a static equaliser that gives the output the input's long-term spectrum
 (128 bands): a vocoder must not fill bands the recording never had (an anti-aliasing
@@ -53,10 +61,13 @@ RMS is matched too, so level is no cue either.
 
 None of them is a Griffin-Lim reconstruction from a mel spectrogram or a formant synthesiser:
 the dev corpus holds those attacks, and leave-one-attack-out numbers stay honest only if the
-training spoofs come from other families. One caveat: ifwarp's regular side was chosen after
-measuring that Griffin-Lim's phase is more regular than speech (not by using Griffin-Lim:
-it has no iterations, no mel and no magnitude estimate), so with ifwarp in training the
-Griffin-Lim-held-out protocol is not blind to that attack any more; judge it on the others.
+training spoofs come from other families. melmag shares the dev corpus's Griffin-Lim attack
+its mel bottleneck (not its phase reconstruction): with melmag in training the
+Griffin-Lim-held-out protocol measures what a known mel front end buys, not blindness.
+Likewise ifwarp's regular side was chosen after measuring that Griffin-Lim's phase is more
+regular than speech (not by using Griffin-Lim: it has no iterations, no mel and no
+magnitude estimate), so with ifwarp in training the Griffin-Lim-held-out protocol is not
+blind to that attack any more; judge it on the others.
 
     vocode(x, sr, name, rng) -> float32, same length as x, RMS matched to x.
 
@@ -70,7 +81,7 @@ import numpy as np
 from scipy import fft as sp_fft
 from scipy.signal import butter, lfilter, medfilt
 
-VOCODERS = ("lpc", "phase", "channel", "sinusoidal", "ifwarp")
+VOCODERS = ("lpc", "phase", "channel", "sinusoidal", "ifwarp", "melmag")
 
 _F0_MIN = 60.0
 _F0_MAX = 400.0
@@ -491,5 +502,42 @@ def warp_phase_advance(x: np.ndarray, n_fft: int, scale: float) -> np.ndarray:
     return librosa.istft(d, hop_length=hop, n_fft=n_fft, length=len(x)).astype(np.float64)
 
 
+def _melmag(x: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
+    n_fft = int(rng.choice([512, 1024]))
+    # 512 points (31 Hz bins) cannot carry more than ~80 mel bands without empty filters
+    n_mels = int(rng.integers(40, 81 if n_fft == 512 else 129))
+    error_db = float(rng.uniform(0.0, 1.5))
+    return mel_bottleneck(x, sr, n_fft, n_mels, error_db, rng)
+
+
+def mel_bottleneck(x: np.ndarray, sr: int, n_fft: int, n_mels: int, error_db: float,
+                   rng: np.random.Generator) -> np.ndarray:
+    """The STFT (hop n_fft/4) with its magnitude replaced by what survives `n_mels` mel bands
+    (each band's mean magnitude, interpolated back over its bins by the triangular
+    filters), each band-frame off by a Gaussian error of `error_db` dB (an acoustic model's
+    prediction error), and the signal's own phase; a flat spectrum passes unchanged."""
+    import warnings
+
+    hop = n_fft // 4
+    d = librosa.stft(np.asarray(x, np.float32), n_fft=n_fft, hop_length=hop)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # librosa's "empty filters" note at high n_mels
+        basis = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=0.0,
+                                    fmax=sr / 2).astype(np.float64)
+    width = basis.sum(axis=1)
+    keep = width > 0
+    basis, width = basis[keep], width[keep]
+    mag = np.abs(d).astype(np.float64)
+    level = (basis @ mag) / width[:, None]  # each band's mean magnitude per frame
+    if error_db > 0:
+        level *= 10.0 ** (rng.normal(0.0, error_db, level.shape) / 20.0)
+    cover = basis.sum(axis=0)
+    est = (basis.T @ level) / np.maximum(cover, 1e-12)[:, None]
+    est[cover <= 0] = mag[cover <= 0]  # a bin no band covers keeps its magnitude
+    y = est * np.exp(1j * np.angle(d))
+    return librosa.istft(y.astype(np.complex64), hop_length=hop, n_fft=n_fft,
+                         length=len(x)).astype(np.float64)
+
+
 _VOCODERS = {"lpc": _lpc, "phase": _phase, "channel": _channel, "sinusoidal": _sinusoidal,
-             "ifwarp": _ifwarp}
+             "ifwarp": _ifwarp, "melmag": _melmag}
