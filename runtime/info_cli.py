@@ -140,6 +140,8 @@ def card(info: dict) -> list[str]:
                          f"augmentation {aug}, copy synthesis {copy}")
             if r.get("ema"):
                 parts.append(f"weights: moving average (decay {r['ema']:g})")
+            if r.get("sam_rho"):
+                parts.append(f"sharpness-aware minimisation (rho {r['sam_rho']:g})")
             if r.get("holdout_attack"):
                 parts.append(f"attack held out: {r['holdout_attack']}")
         lines.append("  recipe          " + "; ".join(parts))

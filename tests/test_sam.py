@@ -126,6 +126,13 @@ def test_a_sam_run_trains_other_weights_and_says_so(itw_dataset, features_json, 
     assert json.loads((plain / "run.json").read_text())["config"]["sam"] == 0.0
     meta = json.loads((sharp / "model.json").read_text())
     assert meta["metrics"]["recipe"]["sam_rho"] == 0.05
+    from export.cli import app as export_app
+    from runtime.info_cli import app as info_app
+
+    e = runner.invoke(export_app, [str(sharp / "model.pth"), str(tmp_path / "sam.onnx")])
+    assert e.exit_code == 0 and "FAIL" not in e.stdout, e.stderr + e.stdout
+    info = runner.invoke(info_app, [str(tmp_path / "sam.onnx")])
+    assert "sharpness-aware minimisation (rho 0.05)" in info.stdout, info.stdout + info.stderr
     a = torch.load(plain / "model.pth", weights_only=True)
     b = torch.load(sharp / "model.pth", weights_only=True)
     assert not torch.equal(a["conv1.weight"], b["conv1.weight"])
