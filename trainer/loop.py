@@ -307,14 +307,15 @@ def train_one_epoch(model, loader, optimizer, loss_fn, cfg: TrainConfig, dist: D
 def sam_gradient(model, x, y, loss_fn, cfg: TrainConfig, dist: Dist) -> None:
     """Sharpness-aware minimisation (Foret et al., ICLR 2021): replace the batch's gradient
     g (already in the parameters' .grad) by the gradient at w + e, e = rho * g / ||g||, the
-    worst nearby point to first order, then return the weights to w; the optimizer then
-    steps from w with it. Huang et al. (Interspeech 2025) and Shim et al. (Interspeech
-    2023) report better EER on unseen datasets for speech deepfake detectors trained so
-    (rho 0.05 with Adam in NII's reference configuration). Costs a second forward and
-    backward pass per batch. The second pass leaves BatchNorm's running statistics and
-    batch count alone, so they are updated once per batch, as without SAM. Under
-    DistributedDataParallel both backward passes average gradients across ranks, so every
-    rank computes the same norm and the same step."""
+    worst nearby point to first order, then put the weights back to w exactly; the
+    optimizer then steps from w with it. Huang et al. (Interspeech 2025) and Shim et al.
+    (Interspeech 2023) report better EER on unseen datasets for speech deepfake detectors
+    trained so (rho 0.05 with Adam in NII's reference configuration). Costs a second
+    forward and backward pass per batch. BatchNorm's running statistics and batch counts
+    are put back after the second pass, so they are updated once per batch, as without
+    SAM. Under DistributedDataParallel the first gradient is already averaged across ranks
+    (one e for all ranks, "global" SAM; the paper perturbs each accelerator by its own
+    gradient), and the second pass averages again, so every rank steps alike."""
     import torch
 
     params = [p for p in model.parameters() if p.grad is not None]
@@ -324,30 +325,27 @@ def sam_gradient(model, x, y, loss_fn, cfg: TrainConfig, dist: Dist) -> None:
         norm = torch.linalg.vector_norm(
             torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
         if not torch.isfinite(norm) or norm == 0:
-            return  # a flat or broken batch: keep the plain gradient, the optimizer copes
+            return  # a flat or broken batch: the plain gradient, as without SAM
         scale = cfg.sam / norm
-        steps = [p.grad * scale for p in params]
-        for p, e in zip(params, steps, strict=True):
-            p.add_(e)
     norms = [m for m in model.modules()
              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
-    momenta = [(m.momentum, None if m.num_batches_tracked is None
-                else m.num_batches_tracked.clone()) for m in norms]
-    for m in norms:
-        m.momentum = 0.0
+    buffers = [b for m in norms for b in (m.running_mean, m.running_var,
+                                          m.num_batches_tracked) if b is not None]
+    saved = [b.clone() for b in buffers]
+    weights = [p.detach().clone() for p in params]
     try:
-        for p in params:
-            p.grad = None
+        with torch.no_grad():
+            for p in params:
+                p.add_(p.grad * scale)
+                p.grad = None
         loss = loss_fn(forward_logits(model, x, dist, cfg.amp), y)
         (loss / x.shape[0]).backward()
     finally:
-        for m, (momentum, tracked) in zip(norms, momenta, strict=True):
-            m.momentum = momentum
-            if tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
         with torch.no_grad():
-            for p, e in zip(params, steps, strict=True):
-                p.sub_(e)
+            for p, w in zip(params, weights, strict=True):
+                p.copy_(w)
+            for b, v in zip(buffers, saved, strict=True):
+                b.copy_(v)
 
 
 def build_optimizer(model, cfg: TrainConfig, steps_per_epoch: int):

@@ -504,7 +504,8 @@ def warp_phase_advance(x: np.ndarray, n_fft: int, scale: float) -> np.ndarray:
 
 def _melmag(x: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
     n_fft = int(rng.choice([512, 1024]))
-    # 512 points (31 Hz bins) cannot carry more than ~80 mel bands without empty filters
+    # at 512 points (31 Hz bins) 40-80 bands, at 1024 40-128: the ranges BENCHMARKS.md's
+    # session 12 measured
     n_mels = int(rng.integers(40, 81 if n_fft == 512 else 129))
     error_db = float(rng.uniform(0.0, 1.5))
     return mel_bottleneck(x, sr, n_fft, n_mels, error_db, rng)
@@ -532,8 +533,11 @@ def mel_bottleneck(x: np.ndarray, sr: int, n_fft: int, n_mels: int, error_db: fl
     if error_db > 0:
         level *= 10.0 ** (rng.normal(0.0, error_db, level.shape) / 20.0)
     cover = basis.sum(axis=0)
-    est = (basis.T @ level) / np.maximum(cover, 1e-12)[:, None]
-    est[cover <= 0] = mag[cover <= 0]  # a bin no band covers keeps its magnitude
+    # a bin no band covers keeps its magnitude; "no band" includes the rounding residue
+    # (~1e-18) the top filter leaves at the Nyquist bin at 44.1 and 48 kHz
+    covered = cover > 1e-6 * cover.max()
+    est = mag.copy()
+    est[covered] = (basis.T[covered] @ level) / cover[covered, None]
     y = est * np.exp(1j * np.angle(d))
     return librosa.istft(y.astype(np.complex64), hop_length=hop, n_fft=n_fft,
                          length=len(x)).astype(np.float64)
