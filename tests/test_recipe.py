@@ -375,7 +375,7 @@ def test_default_recipe_run_records_its_recipe_and_copies(default_run):
     # each clip through two different vocoders
     assert (copies.groupby("copy_of")["attack"].nunique() == 2).all()
     assert set(copies["attack"]) <= {"copy-lpc", "copy-phase", "copy-channel",
-                                     "copy-sinusoidal"}
+                                     "copy-sinusoidal", "copy-melmag"}
     assert len(splits) == len(dataset) - len(copies)  # splits.csv covers meta.csv only
     data = meta["metrics"]["data"]["train"]  # model.json counts the copies apart
     assert data["copy_synthesis_spoofs"] == len(copies)

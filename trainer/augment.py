@@ -314,7 +314,7 @@ class CopySynthesisConfig:
     it treats one (a validation split of known attacks is often separated completely,
     which tells neither anything). Test never gets copies."""
     copies: int = 0
-    vocoders: tuple[str, ...] = field(default=("lpc", "phase", "channel", "sinusoidal"))
+    vocoders: tuple[str, ...] = field(default=("lpc", "phase", "channel", "sinusoidal", "melmag"))
     paired: bool = False
     val_vocoder: str | None = None
 

@@ -135,8 +135,8 @@ def train(
                                       "bona fide training clip, made once and cached "
                                       "(default 2; original 0)."),
     vocoders: str | None = typer.Option(None, metavar="A,B", help="Copy-synthesis vocoders "
-                                        "(default lpc,phase,channel,sinusoidal; ifwarp "
-                                        "and melmag too)."),
+                                        "(default lpc,phase,channel,sinusoidal,melmag; "
+                                        "ifwarp too)."),
     val_vocoder: str | None = typer.Option(None, metavar="NAME", help="Validate on an attack "
                                            "training never sees: copies of the validation "
                                            "bona fide clips by this vocoder join validation "

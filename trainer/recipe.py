@@ -29,6 +29,7 @@ RECIPES = {
         # two copies per bona fide clip (each through two of the vocoders): BENCHMARKS.md,
         # "Seed 1: two copies again" (lower held-out-vocoder EER on both seeds measured, not
         # from the extra steps alone)
+        # melmag among the vocoders since session 12 (lower speaker-split EER at two seeds)
         "copy_synthesis": CopySynthesisConfig(copies=2).to_dict(), "epochs": 10,
     },
 }
