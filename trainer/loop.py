@@ -99,11 +99,20 @@ def unwrap(model):
     return getattr(model, "module", model)
 
 
-def forward_logits(model, x, dist: Dist, amp: bool):
+def to_input(x, dist: Dist):
+    """A batch where the model wants it: on the GPU in channels_last (a no-op on a batch
+    already there, and on CPU)."""
     import torch
 
     if dist.cuda:
         x = x.to(dist.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def forward_logits(model, x, dist: Dist, amp: bool):
+    import torch
+
+    x = to_input(x, dist)
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp and dist.cuda):
         out = model(x)
     return out.float().reshape(-1)
@@ -281,7 +290,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, cfg: TrainConfig, dist: D
     for b, (x, y) in enumerate(loader, 1):
         if x.shape[0] < 2:  # BatchNorm cannot train on a batch of one
             continue
-        y = y.to(dist.device)
+        x, y = to_input(x, dist), y.to(dist.device)  # once, also for SAM's second pass
         logits = forward_logits(model, x, dist, cfg.amp)
         loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
@@ -327,10 +336,10 @@ def sam_gradient(model, x, y, loss_fn, cfg: TrainConfig, dist: Dist) -> None:
         if not torch.isfinite(norm) or norm == 0:
             return  # a flat or broken batch: the plain gradient, as without SAM
         scale = cfg.sam / norm
-    norms = [m for m in model.modules()
-             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
-    buffers = [b for m in norms for b in (m.running_mean, m.running_var,
-                                          m.num_batches_tracked) if b is not None]
+    from trainer.batchnorm import batchnorm_layers
+
+    buffers = [b for m in batchnorm_layers(model)
+               for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
     saved = [b.clone() for b in buffers]
     weights = [p.detach().clone() for p in params]
     try:
